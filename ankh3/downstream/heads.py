@@ -1,0 +1,168 @@
+"""ConvBERT probe heads (Flax NNX) trained on frozen per-residue embeddings.
+
+One ConvBERT layer as in the Ankh evaluation (mixed self-attention + span-based dynamic
+convolution, no position embedding), followed by a task-specific output: per-residue
+classes, a pooled scalar, or a symmetric residue-pair contact logit. Padding is masked so
+that the outputs at real positions do not depend on how much padding a batch carries.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_NEG = -1e9  # finite, so that a fully masked row gives a uniform softmax instead of NaN
+
+
+class HeadError(ValueError):
+    """A head was configured in a way its input cannot support."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    """ConvBERT head settings of the Ankh evaluation; pair_dim and pooling are ours."""
+
+    kernel_size: int = 7
+    num_heads: int = 4
+    head_ratio: int = 2  # ConvBERT: num_heads // head_ratio attention heads, as many conv heads
+    intermediate_ratio: float = 0.5  # intermediate size = embedding size * ratio
+    dropout: float = 0.2
+    pooling: str = "mean"  # 'mean' | 'max' for the regression head
+    pair_dim: int = 64  # residue projection before pair features (keeps B*L*L*p in memory)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _unfold(x: jax.Array, kernel: int) -> jax.Array:
+    """[B, L, C] -> [B, L, kernel, C]: the zero-padded window centred on each position."""
+    half = kernel // 2
+    padded = jnp.pad(x, ((0, 0), (half, kernel - 1 - half), (0, 0)))
+    length = x.shape[1]
+    return jnp.stack([padded[:, j:j + length] for j in range(kernel)], axis=2)
+
+
+def _linear(n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(n_in, n_out, kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
+
+
+class ConvBertLayer(nnx.Module):
+    """One ConvBERT layer (HF `ConvBertLayer` semantics) with a padding mask that also
+    zeroes padded positions before the convolutions, so padding never leaks into windows."""
+
+    def __init__(self, dim: int, cfg: HeadConfig, *, rngs: nnx.Rngs):
+        heads = max(1, cfg.num_heads // cfg.head_ratio)
+        if dim % (2 * heads):
+            raise HeadError(f"ConvBERT head: embedding size {dim} must be divisible by {2 * heads} "
+                            f"(2 x num_heads // head_ratio); pad or project the embeddings")
+        self.heads, self.head_dim, self.kernel = heads, dim // heads // 2, cfg.kernel_size
+        inner = heads * self.head_dim
+        init = nnx.initializers.normal(0.02)
+        self.query = _linear(dim, inner, rngs)
+        self.key = _linear(dim, inner, rngs)
+        self.value = _linear(dim, inner, rngs)
+        # Separable convolution producing the "key" of the span-based dynamic convolution.
+        self.key_depthwise = nnx.Param(init(rngs.params(), (cfg.kernel_size, dim)))
+        self.key_pointwise = nnx.Param(init(rngs.params(), (dim, inner)))
+        self.key_bias = nnx.Param(jnp.zeros((inner,)))
+        self.span_kernel = _linear(inner, heads * cfg.kernel_size, rngs)
+        self.conv_value = _linear(dim, inner, rngs)
+        self.attn_out = _linear(dim, dim, rngs)
+        self.attn_norm = nnx.LayerNorm(dim, epsilon=1e-12, rngs=rngs)
+        hidden = max(1, int(round(dim * cfg.intermediate_ratio)))
+        self.mlp_in = _linear(dim, hidden, rngs)
+        self.mlp_out = _linear(hidden, dim, rngs)
+        self.mlp_norm = nnx.LayerNorm(dim, epsilon=1e-12, rngs=rngs)
+        self.dropout = nnx.Dropout(cfg.dropout)
+
+    def __call__(self, x: jax.Array, mask: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        keys = list(jax.random.split(key, 3)) if key is not None else [None] * 3
+        b, length, dim = x.shape
+        h, hd = self.heads, self.head_dim
+        real = mask[..., None].astype(x.dtype)
+        x = x * real
+        q, k, v = self.query(x), self.key(x), self.value(x)
+
+        conv_key = jnp.einsum("blkc,kc->blc", _unfold(x, self.kernel), self.key_depthwise[...])
+        conv_key = conv_key @ self.key_pointwise[...] + self.key_bias[...]
+        span = self.span_kernel(conv_key * q).reshape(b, length, h, self.kernel)
+        span = jax.nn.softmax(span, axis=-1)
+        windows = _unfold(self.conv_value(x) * real, self.kernel).reshape(b, length, self.kernel, h, hd)
+        conv_out = jnp.einsum("blkhd,blhk->blhd", windows, span)
+
+        qh, kh, vh = (t.reshape(b, length, h, hd) for t in (q, k, v))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", qh, kh) / math.sqrt(hd)
+        scores = jnp.where(mask[:, None, None, :], scores, _NEG)
+        probs = self._drop(jax.nn.softmax(scores, axis=-1), keys[0])
+        context = jnp.einsum("bhqk,bkhd->bqhd", probs, vh)
+
+        mixed = jnp.concatenate([context, conv_out], axis=2).reshape(b, length, dim)
+        hidden = self.attn_norm(self._drop(self.attn_out(mixed), keys[1]) + x)
+        ff = self.mlp_out(jax.nn.gelu(self.mlp_in(hidden), approximate=False))
+        return self.mlp_norm(self._drop(ff, keys[2]) + hidden)
+
+    def _drop(self, x: jax.Array, key: jax.Array | None) -> jax.Array:
+        if key is None:
+            return x
+        return self.dropout(x, deterministic=False, rngs=key)
+
+
+class ResidueClassifier(nnx.Module):
+    """ConvBERT -> per-residue class logits [B, L, C] (secondary structure)."""
+
+    def __init__(self, dim: int, num_classes: int, cfg: HeadConfig = HeadConfig(), *, rngs: nnx.Rngs):
+        self.body = ConvBertLayer(dim, cfg, rngs=rngs)
+        self.out = _linear(dim, num_classes, rngs)
+
+    def __call__(self, x, mask, key=None):
+        return self.out(self.body(x, mask, key))
+
+
+class SequenceRegressor(nnx.Module):
+    """ConvBERT -> masked pooling -> scalar [B] (fitness). The output bias starts at the
+    training-label mean so early epochs are not spent learning the offset."""
+
+    def __init__(self, dim: int, cfg: HeadConfig = HeadConfig(), label_mean: float = 0.0, *, rngs: nnx.Rngs):
+        if cfg.pooling not in ("mean", "max"):
+            raise HeadError(f"pooling must be 'mean' or 'max', got {cfg.pooling!r}")
+        self.pooling = cfg.pooling
+        self.body = ConvBertLayer(dim, cfg, rngs=rngs)
+        self.out = nnx.Linear(dim, 1, kernel_init=nnx.initializers.normal(0.02),
+                              bias_init=nnx.initializers.constant(label_mean), rngs=rngs)
+
+    def __call__(self, x, mask, key=None):
+        hidden = self.body(x, mask, key)
+        real = mask[..., None]
+        if self.pooling == "max":
+            # Finite fill: a padded dummy row must give finite outputs, or NaN leaks into gradients.
+            pooled = jnp.where(real, hidden, _NEG).max(axis=1)
+            pooled = jnp.where(real.any(axis=1), pooled, 0.0)
+        else:
+            pooled = (hidden * real).sum(axis=1) / jnp.maximum(real.sum(axis=1), 1)
+        return self.out(pooled)[:, 0]
+
+
+class ContactPredictor(nnx.Module):
+    """ConvBERT -> pair features (z_i * z_j, |z_i - z_j|) -> linear -> symmetric logits [B, L, L].
+
+    The absolute difference replaces the signed h_i - h_j: a linear map of a signed
+    difference is antisymmetric and would cancel exactly under symmetrisation.
+    """
+
+    def __init__(self, dim: int, cfg: HeadConfig = HeadConfig(), *, rngs: nnx.Rngs):
+        self.body = ConvBertLayer(dim, cfg, rngs=rngs)
+        self.project = _linear(dim, cfg.pair_dim, rngs)
+        self.product_weight = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (cfg.pair_dim,)))
+        self.diff_weight = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (cfg.pair_dim,)))
+        self.bias = nnx.Param(jnp.zeros(()))
+
+    def __call__(self, x, mask, key=None):
+        z = self.project(self.body(x, mask, key))
+        # The product term is bilinear, so it is computed without materialising [B, L, L, p].
+        product = jnp.einsum("bip,bjp,p->bij", z, z, self.product_weight[...])
+        diff = jnp.einsum("bijp,p->bij", jnp.abs(z[:, :, None] - z[:, None]), self.diff_weight[...])
+        logits = product + diff + self.bias[...]
+        return 0.5 * (logits + jnp.swapaxes(logits, 1, 2))

@@ -1,0 +1,223 @@
+"""Training of one ConvBERT probe on frozen embeddings: AdamW, best epoch on validation,
+test evaluated once with the best parameters.
+
+Batches are padded to a few bucket shapes (full batch size, lengths rounded up) so that jit
+compiles a handful of programs rather than one per batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from ankh3.downstream.embed import bucket_length
+from ankh3.downstream.heads import ContactPredictor, HeadConfig, ResidueClassifier, SequenceRegressor
+
+KINDS = ("residue", "regression", "contact")
+MIN_CONTACT_SEPARATION = 6  # pairs closer along the chain are trivially in contact
+
+
+class ProbeError(ValueError):
+    """Probe inputs are inconsistent (kinds, shapes, empty splits)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+    epochs: int = 5
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 16
+    length_multiple: int = 64  # bucket granularity of padded lengths
+    head: HeadConfig = HeadConfig()
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["head"] = self.head.to_dict()
+        return d
+
+
+@dataclasses.dataclass
+class ProbeSplit:
+    """Embeddings [L_i, D] per example with their targets: per-residue int labels [L_i]
+    (-1 ignored), a float per example, or an int contact map [L_i, L_i] (-1 ignored)."""
+
+    embeddings: Sequence[np.ndarray]
+    targets: Sequence
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+
+@dataclasses.dataclass
+class ProbeResult:
+    metrics: dict[str, dict[str, float]]  # split -> metric -> value, at the best epoch
+    predictions: dict[str, list]  # split -> per-example predictions (classes, values, contact probs)
+    best_epoch: int
+    history: list[dict[str, float]]  # per epoch: train loss and the validation selection metric
+
+
+# ---- batching -------------------------------------------------------------------------
+def make_batch(split: ProbeSplit, rows: Sequence[int], kind: str, batch_size: int, multiple: int) -> dict:
+    """Pads `rows` of a split to (batch_size, bucketed length); dummy rows carry no loss."""
+    dim = split.embeddings[rows[0]].shape[-1]
+    length = bucket_length(max(len(split.embeddings[i]) for i in rows), multiple)
+    x = np.zeros((batch_size, length, dim), np.float32)
+    mask = np.zeros((batch_size, length), bool)
+    if kind == "regression":
+        y, weight = np.zeros((batch_size,), np.float32), np.zeros((batch_size,), np.float32)
+    elif kind == "residue":
+        y = np.full((batch_size, length), -1, np.int32)
+    else:
+        y = np.full((batch_size, length, length), -1, np.int8)
+    for r, i in enumerate(rows):
+        n = len(split.embeddings[i])
+        x[r, :n], mask[r, :n] = split.embeddings[i], True
+        if kind == "regression":
+            y[r], weight[r] = split.targets[i], 1.0
+        elif kind == "residue":
+            y[r, :n] = split.targets[i]
+        else:
+            y[r, :n, :n] = split.targets[i]
+    batch = {"x": x, "mask": mask, "y": y}
+    if kind == "regression":
+        batch["weight"] = weight
+    return batch
+
+
+def iterate_batches(split: ProbeSplit, kind: str, cfg: ProbeConfig, rng: np.random.Generator | None):
+    """Shuffled batches when `rng` is given (training), else in order (evaluation)."""
+    order = rng.permutation(len(split)) if rng is not None else np.arange(len(split))
+    for start in range(0, len(split), cfg.batch_size):
+        rows = order[start:start + cfg.batch_size].tolist()
+        yield rows, make_batch(split, rows, kind, cfg.batch_size, cfg.length_multiple)
+
+
+# ---- losses ---------------------------------------------------------------------------
+def residue_loss(logits, batch):
+    labels = batch["y"]
+    valid = labels >= 0
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
+    return jnp.where(valid, ce, 0.0).sum() / jnp.maximum(valid.sum(), 1)
+
+
+def regression_loss(values, batch):
+    err = jnp.where(batch["weight"] > 0, values - batch["y"], 0.0)
+    return (err ** 2).sum() / jnp.maximum(batch["weight"].sum(), 1)
+
+
+def contact_pair_mask(labels, mask):
+    """Pairs that count: both residues real, label known, |i - j| >= 6."""
+    length = labels.shape[-1]
+    idx = jnp.arange(length)
+    far = jnp.abs(idx[:, None] - idx[None, :]) >= MIN_CONTACT_SEPARATION
+    return (labels >= 0) & far & mask[:, :, None] & mask[:, None, :]
+
+
+def contact_loss(logits, batch):
+    """Plain BCE over counted pairs (no class re-weighting: precision@L/5 ranks logits, so a
+    calibrated-looking imbalance does not hurt the metric)."""
+    labels = batch["y"]
+    valid = contact_pair_mask(labels, batch["mask"])
+    bce = optax.sigmoid_binary_cross_entropy(logits, jnp.where(valid, labels, 0).astype(logits.dtype))
+    return jnp.where(valid, bce, 0.0).sum() / jnp.maximum(valid.sum(), 1)
+
+
+LOSSES = {"residue": residue_loss, "regression": regression_loss, "contact": contact_loss}
+
+
+# ---- model ----------------------------------------------------------------------------
+def build_head(kind: str, dim: int, cfg: HeadConfig, seed: int, *, num_classes: int = 0, label_mean: float = 0.0):
+    rngs = nnx.Rngs(seed)
+    if kind == "residue":
+        if num_classes < 2:
+            raise ProbeError(f"residue probe needs num_classes >= 2, got {num_classes}")
+        return ResidueClassifier(dim, num_classes, cfg, rngs=rngs)
+    if kind == "regression":
+        return SequenceRegressor(dim, cfg, label_mean, rngs=rngs)
+    if kind == "contact":
+        return ContactPredictor(dim, cfg, rngs=rngs)
+    raise ProbeError(f"probe kind must be one of {KINDS}, got {kind!r}")
+
+
+# Module-level jits with the head's graphdef as a static argument: heads of one shape share
+# compiled programs across seeds, sources and tasks instead of recompiling per probe.
+@functools.partial(jax.jit, static_argnames=("graphdef", "kind", "lr", "weight_decay"))
+def _train_step(params, other, opt_state, batch, key, *, graphdef, kind, lr, weight_decay):
+    def loss_fn(p):
+        out = nnx.merge(graphdef, p, other)(batch["x"], batch["mask"], key)
+        return LOSSES[kind](out, batch)
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = _optimizer(lr, weight_decay).update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "kind"))
+def _predict(params, other, x, mask, *, graphdef, kind):
+    out = nnx.merge(graphdef, params, other)(x, mask)
+    if kind == "contact":
+        return jax.nn.sigmoid(out)
+    return jnp.argmax(out, -1) if kind == "residue" else out
+
+
+def _optimizer(lr: float, weight_decay: float) -> optax.GradientTransformation:
+    return optax.adamw(lr, weight_decay=weight_decay)
+
+
+def predict_split(head: tuple, params, split: ProbeSplit, kind: str, cfg: ProbeConfig) -> list:
+    """Per-example predictions with padding stripped: classes [L], a float, or probs [L, L]."""
+    graphdef, other = head
+    preds: list = []
+    for rows, batch in iterate_batches(split, kind, cfg, rng=None):
+        out = np.asarray(_predict(params, other, batch["x"], batch["mask"], graphdef=graphdef, kind=kind))
+        for r, i in enumerate(rows):
+            n = len(split.embeddings[i])
+            preds.append(float(out[r]) if kind == "regression" else out[r, :n] if kind == "residue"
+                         else out[r, :n, :n])
+    return preds
+
+
+# ---- training -------------------------------------------------------------------------
+def train_probe(kind: str, splits: dict[str, ProbeSplit], score: Callable[[list, Sequence], dict[str, float]],
+                select: str, cfg: ProbeConfig = ProbeConfig(), *, seed: int = 0, num_classes: int = 0) -> ProbeResult:
+    """Trains for `cfg.epochs`, keeps the parameters of the epoch with the best validation
+    `select` metric (higher is better; `score` must make it so), evaluates every split once
+    with them. `splits` needs 'train' and 'valid'; 'test' is optional."""
+    for name in ("train", "valid"):
+        if not len(splits.get(name, ())):
+            raise ProbeError(f"probe: split {name!r} is missing or empty")
+    train = splits["train"]
+    dim = train.embeddings[0].shape[-1]
+    label_mean = float(np.mean(train.targets)) if kind == "regression" else 0.0
+    model = build_head(kind, dim, cfg.head, seed, num_classes=num_classes, label_mean=label_mean)
+    graphdef, params, other = nnx.split(model, nnx.Param, ...)
+    opt_state = _optimizer(cfg.lr, cfg.weight_decay).init(params)
+    head = (graphdef, other)
+
+    rng, key = np.random.default_rng(seed), jax.random.key(seed)
+    best = (-np.inf, 0, params)
+    history = []
+    for epoch in range(1, cfg.epochs + 1):
+        losses = []
+        for _, batch in iterate_batches(train, kind, cfg, rng):
+            key, sub = jax.random.split(key)
+            params, opt_state, loss = _train_step(params, other, opt_state, batch, sub, graphdef=graphdef, kind=kind,
+                                                  lr=cfg.lr, weight_decay=cfg.weight_decay)
+            losses.append(float(loss))
+        valid_score = score(predict_split(head, params, splits["valid"], kind, cfg), splits["valid"].targets)
+        value = float(valid_score[select])
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), f"valid_{select}": value})
+        ranked = value if np.isfinite(value) else -np.inf  # a NaN score (constant predictions) never wins
+        if epoch == 1 or ranked > best[0]:
+            best = (ranked, epoch, params)
+
+    _, best_epoch, params = best
+    predictions = {name: predict_split(head, params, split, kind, cfg) for name, split in splits.items()}
+    metrics = {name: score(predictions[name], split.targets) for name, split in splits.items()}
+    return ProbeResult(metrics, predictions, best_epoch, history)
