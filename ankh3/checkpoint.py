@@ -1,0 +1,146 @@
+"""Checkpoints of a training run with orbax: train state (params, optimizer, step, RNG) and data position.
+
+Saves are asynchronous (training goes on while arrays are written) and the last K are kept. The data
+iterator's state is JSON, taken synchronously at save time so it matches the train state exactly.
+`PreemptionGuard` turns SIGTERM/SIGINT into a flag the loop checks, so it can save before exiting.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from typing import Any
+
+import jax
+import numpy as np
+
+STATE_ITEM, DATA_ITEM = "state", "data"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be restored into this run (different model or optimizer)."""
+
+
+class Checkpointer:
+    """Orbax CheckpointManager over `directory` with items `state` (pytree) and `data` (JSON)."""
+
+    def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE_ITEM, DATA_ITEM))
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, data_state: Any, force: bool = False) -> bool:
+        """Starts an asynchronous save of `state` (arrays) and `data_state` (JSON-able) at `step`."""
+        ocp = self._ocp
+        args = ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.StandardSave(to_saveable(state)),
+            DATA_ITEM: ocp.args.JsonSave(_json_data_state(data_state)),
+        })
+        return self._manager.save(step, args=args, force=force)
+
+    def restore(self, step: int | None, target: Any) -> tuple[Any, Any]:
+        """(state shaped like `target`, data state) of `step` (default: the latest)."""
+        ocp = self._ocp
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        abstract = jax.tree.map(_abstract_leaf, to_saveable(target))
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**{
+                STATE_ITEM: ocp.args.StandardRestore(abstract),
+                DATA_ITEM: ocp.args.JsonRestore(),
+            }))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(
+                f"checkpoint {self.directory}/{step} does not match this run's model or optimizer ({e}); "
+                "use a new --workdir or the config the checkpoint was written with") from None
+        state = from_saveable(restored[STATE_ITEM], target)
+        return state, _unwrap_data_state(restored[DATA_ITEM])
+
+    def wait(self) -> None:
+        """Blocks until pending asynchronous saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+# ---- PRNG keys are saved as their raw key data -----------------------------------------------------
+def _is_key(x) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def to_saveable(tree):
+    """Typed PRNG keys -> uint32 key data (orbax stores plain arrays)."""
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def from_saveable(tree, target):
+    """Undoes `to_saveable`, re-wrapping key data where `target` holds typed keys."""
+    return jax.tree.map(
+        lambda saved, like: jax.random.wrap_key_data(saved, impl=jax.random.key_impl(like)) if _is_key(like) else saved,
+        tree, target)
+
+
+def _abstract_leaf(x):
+    if isinstance(x, jax.Array):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    if isinstance(x, np.ndarray):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype)
+    return x
+
+
+def _json_data_state(state: Any) -> dict:
+    """Grain iterator states are dicts (dataset API) or bytes (DataLoader); both become JSON."""
+    if isinstance(state, (bytes, bytearray)):
+        return {"encoding": "utf-8-bytes", "value": bytes(state).decode("utf-8")}
+    json.dumps(state)  # fail now, with the offending value, rather than in the save thread
+    return {"encoding": "json", "value": state}
+
+
+def _unwrap_data_state(saved: dict) -> Any:
+    if saved.get("encoding") == "utf-8-bytes":
+        return saved["value"].encode("utf-8")
+    return saved.get("value")
+
+
+# ---- preemption --------------------------------------------------------------------------------------
+class PreemptionGuard:
+    """While active, SIGTERM and SIGINT set `requested` instead of killing the process.
+
+    The loop saves a checkpoint and exits when it sees the flag; a second signal exits at once.
+    """
+
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+        self.signals = signals
+        self.requested: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.requested is not None:  # asked twice: the user means it
+            raise KeyboardInterrupt
+        self.requested = signum
+
+    def __enter__(self) -> "PreemptionGuard":
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.requested).name if self.requested is not None else ""

@@ -1,0 +1,123 @@
+"""Reading a run's ConfigDict into library objects, and checking it before any work starts.
+
+The experiments/ files build the ConfigDict; this module turns its sections into the objects the
+library uses (model shape, objective mixture, optimizer spec) and computes the token budget.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping
+
+OBJECTIVE_TYPES = ("span_corruption", "completion")
+RUN_MODES = ("pretrain", "downstream", "all")
+
+
+class ConfigError(ValueError):
+    """A config value, argument or path that cannot be used; the message names the key and a fix."""
+
+
+def check_choice(value: str, valid, what: str) -> str:
+    """`value` if it is one of `valid`, else ConfigError listing the valid ones."""
+    if value not in valid:
+        raise ConfigError(f"unknown {what} {value!r}; valid: {', '.join(map(str, valid))}")
+    return value
+
+
+def model_section(shape: str) -> dict[str, Any]:
+    """Every ModelConfig field of a named shape, plus the shape's name (for the config's model section)."""
+    from ankh3.model import ModelConfigError, get_shape
+
+    try:
+        cfg = get_shape(shape)
+    except ModelConfigError as e:
+        raise ConfigError(str(e)) from None
+    return {"shape": shape, **dataclasses.asdict(cfg)}
+
+
+def model_config(section: Mapping[str, Any]):
+    """The ModelConfig of the config's model section (shape defaults with every field as set)."""
+    from ankh3.model import ModelConfigError, get_shape
+
+    fields = dict(section)
+    shape = fields.pop("shape")
+    try:
+        return get_shape(shape, **fields)
+    except (ModelConfigError, TypeError) as e:
+        raise ConfigError(f"config.model: {e}") from None
+
+
+def build_objective(name: str, entry: Mapping[str, Any]):
+    """One objective of the `objectives` section: a dict with `type`, `weight` and its settings."""
+    from ankh3.objectives import Completion, ObjectiveError, SpanCorruption
+
+    kind = check_choice(entry.get("type"), OBJECTIVE_TYPES, f"config.objectives.{name}.type")
+    try:
+        if kind == "span_corruption":
+            return SpanCorruption(
+                noise_density=_number_or_tuple(entry["noise_density"]),
+                mean_span_length=float(entry["mean_span_length"]),
+                task_token=entry["task_token"],
+                density_granularity=entry.get("density_granularity", "batch"),
+                name=name)
+        return Completion(fraction=_number_or_tuple(entry["fraction"]), task_token=entry["task_token"], name=name)
+    except KeyError as e:
+        raise ConfigError(f"config.objectives.{name} lacks {e}; see experiments/common.py for the fields") from None
+    except ObjectiveError as e:
+        raise ConfigError(f"config.objectives.{name}: {e}") from None
+
+
+def build_mixture(objectives: Mapping[str, Mapping[str, Any]], granularity: str = "example"):
+    """The Mixture of every objective with a positive weight, in the config's order."""
+    from ankh3.objectives import Mixture, ObjectiveError
+
+    entries = [(build_objective(name, entry), float(entry["weight"]))
+               for name, entry in objectives.items() if float(entry.get("weight", 0.0)) > 0]
+    if not entries:
+        raise ConfigError("config.objectives: no objective has a positive weight; give at least one weight > 0")
+    try:
+        return Mixture(tuple(entries), granularity=granularity)
+    except ObjectiveError as e:
+        raise ConfigError(f"config.objectives: {e}") from None
+
+
+def _number_or_tuple(value):
+    """A float, or a tuple of floats; a range or choice list of one repeated value is that value."""
+    if not isinstance(value, (tuple, list)):
+        return float(value)
+    values = tuple(float(v) for v in value)
+    return values[0] if len(set(values)) == 1 else values
+
+
+def tokens_per_step(config) -> int:
+    """Encoder plus decoder positions of one optimizer update (padding included: the compute paid)."""
+    data = config.data
+    return int(data.batch_size) * int(config.optimizer.grad_accum) * (int(data.encoder_length) + int(data.decoder_length))
+
+
+def record_budget(config) -> None:
+    """Writes the token budget into `config.budget` (after overrides, so it matches the run)."""
+    config.budget.tokens_per_step = tokens_per_step(config)
+    config.budget.total_tokens = tokens_per_step(config) * int(config.train.steps)
+
+
+def resolve_path(path: str, root: str) -> str:
+    """A data path as given (absolute or relative to the working directory), else relative to the repo."""
+    if not path or os.path.isabs(path) or os.path.exists(path):
+        return os.path.abspath(path) if path else path
+    return os.path.join(root, path)
+
+
+def check_config(config) -> None:
+    """Checks settings that would otherwise fail late (after compiling, or mid-run)."""
+    data, train = config.data, config.train
+    positive = {"data.batch_size": data.batch_size, "data.encoder_length": data.encoder_length,
+                "data.decoder_length": data.decoder_length, "train.steps": train.steps,
+                "train.log_every": train.log_every, "train.eval_every": train.eval_every,
+                "train.checkpoint_every": train.checkpoint_every, "train.keep_checkpoints": train.keep_checkpoints}
+    for key, value in positive.items():
+        if int(value) < 1:
+            raise ConfigError(f"config.{key} must be >= 1, got {value}")
+    check_choice(train.compute_dtype, ("auto", "float32", "bfloat16"), "config.train.compute_dtype")
+    if config.downstream.prefix not in ("[NLU]", "[S2S]"):
+        raise ConfigError(f"config.downstream.prefix must be '[NLU]' or '[S2S]', got {config.downstream.prefix!r}")

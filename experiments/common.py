@@ -1,0 +1,119 @@
+"""The shared Ankh3 recipe that every experiments/ family starts from, and the variant helpers.
+
+Families change a few fields of `ankh3_recipe()` per variant and never the data, the number of
+steps or the batch shape, so that their variants are compared at equal compute.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from ankh3.config import ConfigError, model_section, record_budget
+
+# Per model shape: what one run costs. `tiny` trains on this repo's bundle on a 2-core CPU in a few
+# minutes; the Ankh3 shapes are for accelerators (lengths and batch as in the paper's setup).
+RUN_SIZES = {
+    "tiny": dict(batch_size=16, encoder_length=128, decoder_length=96, steps=500, warmup_steps=50,
+                 learning_rate=1e-2, eval_every=100, eval_batches=8, checkpoint_every=250, log_every=10,
+                 compute_dtype="float32", remat="none", downstream_epochs=3),
+    "small": dict(batch_size=64, encoder_length=256, decoder_length=192, steps=20_000, warmup_steps=1_000,
+                  learning_rate=1e-2, eval_every=1_000, eval_batches=20, checkpoint_every=2_000, log_every=50,
+                  compute_dtype="auto", remat="none", downstream_epochs=10),
+    "ankh3_large": dict(batch_size=256, encoder_length=512, decoder_length=384, steps=200_000, warmup_steps=10_000,
+                        learning_rate=1e-2, eval_every=2_000, eval_batches=50, checkpoint_every=2_000,
+                        log_every=100, compute_dtype="auto", remat="dots", downstream_epochs=10),
+    "ankh3_xl": dict(batch_size=256, encoder_length=512, decoder_length=384, steps=200_000, warmup_steps=10_000,
+                     learning_rate=1e-2, eval_every=2_000, eval_batches=50, checkpoint_every=2_000,
+                     log_every=100, compute_dtype="auto", remat="full", downstream_epochs=10),
+}
+
+
+def pick(arg: str | None, valid, family: str, default: str | None = None) -> str:
+    """The variant named by ARG (after the ':' of --config), or one line listing the valid ones."""
+    arg = default if arg in (None, "") else arg
+    if arg not in valid:
+        raise ConfigError(f"experiments/{family}.py: unknown argument {arg!r}; valid: {', '.join(valid)} "
+                          f"(e.g. --config=experiments/{family}.py:{list(valid)[0]})")
+    return arg
+
+
+def span_corruption(weight: float, noise_density=(0.15, 0.2, 0.3), mean_span_length: float = 1.0,
+                    task_token: str = "[NLU]") -> dict:
+    """Ankh3's denoiser: single-residue spans, the masking probability drawn per batch."""
+    return dict(type="span_corruption", weight=weight, noise_density=tuple(noise_density),
+                mean_span_length=mean_span_length, task_token=task_token, density_granularity="batch")
+
+
+def completion(weight: float, fraction=0.5, task_token: str = "[S2S]") -> dict:
+    """Sequence completion: the encoder reads the first 1-f of a sequence, the decoder writes the rest.
+
+    `fraction` is stored as a (lo, hi) range drawn uniformly per sequence; lo == hi fixes it.
+    """
+    bounds = tuple(fraction) if isinstance(fraction, (tuple, list)) else (fraction, fraction)
+    return dict(type="completion", weight=weight, fraction=bounds, task_token=task_token)
+
+
+def ankh3_recipe(shape: str = "tiny", family: str = "base", variant: str | None = None) -> ml_collections.ConfigDict:
+    """The Ankh3 recipe: half [NLU] span corruption (0.15/0.2/0.3 per batch), half [S2S] completion of 50%."""
+    size = RUN_SIZES.get(shape, RUN_SIZES["ankh3_large"])
+    c = ml_collections.ConfigDict()
+    c.family = family
+    c.variant = variant or shape
+    c.seed = 0  # fixes parameters, data order and masking
+
+    c.model = model_section(shape)
+    c.model.remat = size["remat"]
+    c.init_from = ""  # a directory written by ankh3.convert to start from published weights
+
+    c.data = ml_collections.ConfigDict(dict(
+        train="data/pretrain/train.fasta.xz",
+        valid="data/pretrain/valid.fasta.xz",
+        batch_size=size["batch_size"],
+        encoder_length=size["encoder_length"],
+        decoder_length=size["decoder_length"],
+        min_residues=8,  # shorter sequences are skipped
+        worker_count=0,  # Grain worker processes; 0 reads in the main process
+        on_invalid="x",  # residues outside the vocabulary become X
+    ))
+
+    c.objectives = ml_collections.ConfigDict(dict(
+        nlu=span_corruption(0.5),
+        s2s=completion(0.5),
+    ))
+    c.mixture_granularity = "example"  # each sequence draws its objective
+
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adafactor", learning_rate=size["learning_rate"], schedule="inverse_sqrt",
+        warmup_steps=size["warmup_steps"], final_fraction=0.1, clip_norm=1.0, weight_decay=0.0,
+        b1=0.9, b2=0.999, grad_accum=1))
+
+    c.train = ml_collections.ConfigDict(dict(
+        steps=size["steps"],  # optimizer updates
+        log_every=size["log_every"],
+        eval_every=size["eval_every"],
+        eval_batches=size["eval_batches"],  # held-out batches per evaluation (fixed across evaluations)
+        checkpoint_every=size["checkpoint_every"],
+        keep_checkpoints=3,
+        progress_every_s=5.0,  # terminal progress line at most this often
+        compute_dtype=size["compute_dtype"],  # auto: bfloat16 on accelerators, float32 on CPU
+    ))
+    c.mesh = ml_collections.ConfigDict(dict(model=1))  # data parallel over the remaining devices
+
+    c.tracking = ml_collections.ConfigDict(dict(
+        uri="",  # '' = MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db
+        experiment="",  # '' = the family
+    ))
+
+    c.downstream = ml_collections.ConfigDict(dict(
+        tasks=("ssp3", "contact", "gb1"),
+        prefix="[NLU]",  # the task token put before each sequence when embedding
+        seeds=(0,),
+        epochs=size["downstream_epochs"],
+        controls=True,  # one-hot and random-encoder baselines beside every probe
+        max_train=0,  # 0 = every training example of a task; small values make quick smoke runs
+        data_dir="",  # '' = the bundled data/downstream
+        cache_dir="",  # '' = WORKDIR/embeddings
+    ))
+
+    c.budget = ml_collections.ConfigDict(dict(tokens_per_step=0, total_tokens=0))
+    record_budget(c)
+    return c
