@@ -1,0 +1,246 @@
+"""ankh3.convert without transformers: weight files, name mapping, orbax directories, errors, CLI.
+
+Parity against transformers itself lives in test_hf_parity.py.
+"""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from ankh3 import convert
+from ankh3.convert import ConversionError
+from ankh3.model import ModelConfig, flat_params
+from ankh3.tokenizer import Tokenizer
+
+CFG = ModelConfig(vocab_size=40, d_model=8, d_ff=12, num_heads=2, d_kv=4, num_encoder_layers=3,
+                  num_decoder_layers=2, activation="silu", relative_buckets=8, relative_max_distance=16)
+
+
+def random_flat(cfg, seed=0):
+    """Random parameters of `cfg` under canonical names, built from HF shapes."""
+    rng = np.random.default_rng(seed)
+    tensors = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in convert.hf_shapes(cfg).items()}
+    return convert.hf_to_flat(cfg, tensors)
+
+
+def write_hf_dir(path, cfg=CFG, seed=0):
+    flat = random_flat(cfg, seed)
+    convert.export_hf(cfg, flat, str(path), Tokenizer.default(cfg.vocab_size))
+    return flat
+
+
+def edit_config(path, **changes):
+    with open(path / "config.json") as f:
+        hf = json.load(f)
+    hf.update(changes)
+    (path / "config.json").write_text(json.dumps(hf))
+
+
+def assert_same_flat(a, b):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.fixture
+def hf_dir(tmp_path):
+    path = tmp_path / "hf"
+    return path, write_hf_dir(path)
+
+
+def test_export_then_import_is_exact(hf_dir):
+    path, flat = hf_dir
+    cfg, imported, tok = convert.import_hf(str(path))
+    assert cfg == CFG
+    assert_same_flat(imported, flat)
+    assert imported["encoder.attn.q"].shape == (3, 8, 8) and imported["lm_head"].shape == (8, 40)
+    assert tok.pieces == Tokenizer.default(40).pieces
+
+
+def test_linear_kernels_are_transposed_and_layers_stacked(hf_dir):
+    path, flat = hf_dir
+    tensors = convert.read_safetensors(str(path / "model.safetensors"))
+    np.testing.assert_array_equal(flat["decoder.cross_attn.o"][1], tensors["decoder.block.1.layer.1.EncDecAttention.o.weight"].T)
+    np.testing.assert_array_equal(flat["encoder.mlp.wo"][2], tensors["encoder.block.2.layer.1.DenseReluDense.wo.weight"].T)
+    np.testing.assert_array_equal(flat["decoder.mlp_norm"][0], tensors["decoder.block.0.layer.2.layer_norm.weight"])
+    np.testing.assert_array_equal(flat["encoder.relative_bias"],
+                                  tensors["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"])
+
+
+def test_sharded_safetensors(hf_dir):
+    path, flat = hf_dir
+    tensors = convert.read_safetensors(str(path / "model.safetensors"))
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in shards.items():
+        convert.write_safetensors(str(path / shard), {k: tensors[k] for k in keys})
+    index = {"weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    os.remove(path / "model.safetensors")
+    assert_same_flat(convert.import_hf(str(path))[1], flat)
+    os.remove(path / "model-00002-of-00002.safetensors")
+    with pytest.raises(ConversionError, match="model-00002-of-00002.safetensors.*missing"):
+        convert.import_hf(str(path))
+
+
+def test_bfloat16_weights_are_read_exactly(hf_dir):
+    path, flat = hf_dir
+    tensors = convert.read_safetensors(str(path / "model.safetensors"))
+    header_free = {k: v.astype(ml_dtypes.bfloat16) for k, v in tensors.items()}
+    _write_bf16_safetensors(path / "model.safetensors", header_free)
+    imported = convert.import_hf(str(path))[1]
+    assert imported["shared"].dtype == np.float32
+    np.testing.assert_array_equal(imported["shared"], flat["shared"].astype(ml_dtypes.bfloat16).astype(np.float32))
+
+
+def _write_bf16_safetensors(path, tensors):
+    """safetensors.numpy cannot write bfloat16; the format is a JSON header then raw bytes."""
+    header, blobs, offset = {}, [], 0
+    for name, array in tensors.items():
+        blob = np.ascontiguousarray(array).tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(array.shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw + b"".join(blobs))
+
+
+def test_pytorch_bin(hf_dir):
+    torch = pytest.importorskip("torch")
+    path, flat = hf_dir
+    tensors = convert.read_safetensors(str(path / "model.safetensors"))
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, path / "pytorch_model.bin")
+    os.remove(path / "model.safetensors")
+    assert_same_flat(convert.import_hf(str(path))[1], flat)
+
+
+def test_transformers5_untied_file_without_lm_head(hf_dir):
+    # transformers 5 drops lm_head.weight when it equals shared; no output scaling means untied.
+    path, flat = hf_dir
+    tensors = convert.read_safetensors(str(path / "model.safetensors"))
+    del tensors["lm_head.weight"]
+    convert.write_safetensors(str(path / "model.safetensors"), tensors)
+    edit_config(path, tie_word_embeddings=True, scale_decoder_outputs=False)
+    cfg, imported, _ = convert.import_hf(str(path))
+    assert not cfg.tie_embeddings
+    np.testing.assert_array_equal(imported["lm_head"], flat["shared"].T)
+
+
+def test_tied_checkpoint_has_no_head(tmp_path):
+    cfg = dataclasses.replace(CFG, tie_embeddings=True, activation="gelu_new")
+    flat = write_hf_dir(tmp_path, cfg)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    assert hf["feed_forward_proj"] == "gated-gelu" and hf["tie_word_embeddings"] is True
+    assert "lm_head.weight" not in convert.read_safetensors(str(tmp_path / "model.safetensors"))
+    cfg2, imported, _ = convert.import_hf(str(tmp_path))
+    assert cfg2 == cfg and "lm_head" not in imported
+    assert_same_flat(imported, flat)
+
+
+def test_scaled_head_that_differs_from_embedding_is_folded(hf_dir):
+    path, flat = hf_dir
+    edit_config(path, tie_word_embeddings=True, scale_decoder_outputs=True)
+    cfg, imported, _ = convert.import_hf(str(path))
+    assert not cfg.tie_embeddings
+    np.testing.assert_allclose(imported["lm_head"], flat["lm_head"] * 8 ** -0.5, rtol=1e-7)
+
+
+def test_pretrained_dir_round_trip(hf_dir, tmp_path):
+    path, flat = hf_dir
+    cfg, imported, tok = convert.import_hf(str(path))
+    out = tmp_path / "ckpt"
+    convert.save_pretrained_dir(str(out), cfg, imported, str(path))
+    cfg2, model, tok2 = convert.load_pretrained_dir(str(out))
+    assert cfg2 == cfg
+    assert_same_flat(flat_params(model), flat)
+    assert tok2.pieces == tok.pieces
+    assert convert.load_pretrained_dir(str(out), dtype="bfloat16")[0].dtype == "bfloat16"
+    with pytest.raises(ConversionError, match="already holds a converted checkpoint"):
+        convert.save_pretrained_dir(str(out), cfg, imported, str(path))
+
+
+def test_cli_import_and_export(hf_dir, tmp_path, capsys):
+    path, flat = hf_dir
+    ckpt, back = tmp_path / "ckpt", tmp_path / "back"
+    assert convert.main([f"--hf_dir={path}", f"--out={ckpt}"]) == 0
+    assert convert.main(["--to_hf", f"--ckpt={ckpt}", f"--out={back}"]) == 0
+    assert sorted(os.listdir(back)) == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    assert_same_flat(convert.import_hf(str(back))[1], flat)
+    assert convert.main(["--to_hf", f"--out={back}"]) == 1
+    assert capsys.readouterr().err == "error: --to_hf needs --ckpt=DIR (a directory written by an import)\n"
+
+
+def test_cli_bad_dir_is_one_line_and_exit_1(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "ankh3.convert", f"--hf_dir={tmp_path}", f"--out={tmp_path}/o"],
+                         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert run.returncode == 1
+    assert run.stderr.splitlines() == [f"error: {tmp_path}: no config.json; pass a HF T5 checkpoint directory"]
+
+
+# ---- bad input: one ConversionError naming what is wrong ---------------------------------
+def _drop_tensor(path, name):
+    tensors = convert.read_safetensors(str(path / "model.safetensors"))
+    del tensors[name]
+    convert.write_safetensors(str(path / "model.safetensors"), tensors)
+
+
+def _add_tensor(path, name):
+    tensors = convert.read_safetensors(str(path / "model.safetensors"))
+    tensors[name] = np.zeros((12, 8), np.float32)
+    convert.write_safetensors(str(path / "model.safetensors"), tensors)
+
+
+def _reshape_tensor(path, name):
+    tensors = convert.read_safetensors(str(path / "model.safetensors"))
+    tensors[name] = np.zeros((5, 8), np.float32)
+    convert.write_safetensors(str(path / "model.safetensors"), tensors)
+
+
+BAD_INPUTS = {
+    "no directory": (lambda p: os.rename(p, str(p) + "_gone"), "no such directory"),
+    "no config": (lambda p: os.remove(p / "config.json"), "no config.json"),
+    "not t5": (lambda p: edit_config(p, model_type="bert", architectures=["BertModel"]),
+               r"'bert'.*only T5ForConditionalGeneration"),
+    "encoder only": (lambda p: edit_config(p, architectures=["T5EncoderModel"]), "T5EncoderModel"),
+    "relu t5": (lambda p: edit_config(p, feed_forward_proj="relu"), "feed_forward_proj='relu'.*gated"),
+    "no d_model": (lambda p: _del_key(p, "d_model"), "missing 'd_model'"),
+    "no weights": (lambda p: os.remove(p / "model.safetensors"), "no model.safetensors.*holds no weights"),
+    "missing tensor": (lambda p: _drop_tensor(p, "decoder.block.1.layer.2.DenseReluDense.wi_1.weight"),
+                       r"'decoder.block.1.layer.2.DenseReluDense.wi_1.weight' is missing \(expected shape \(12, 8\)\)"),
+    "mis-shaped tensor": (lambda p: _reshape_tensor(p, "encoder.block.1.layer.0.SelfAttention.k.weight"),
+                          r"'encoder.block.1.layer.0.SelfAttention.k.weight' has shape \(5, 8\), config.json implies \(8, 8\)"),
+    "unexpected tensor": (lambda p: _add_tensor(p, "encoder.block.0.layer.1.DenseReluDense.wi.weight"),
+                          r"unexpected tensor 'encoder.block.0.layer.1.DenseReluDense.wi.weight'"),
+    "tokenizer too big": (lambda p: edit_config(p, vocab_size=30) or _shrink_embeddings(p, 30),
+                          "tokenizer has 40 tokens but the embedding has 30 rows"),
+    "no tokenizer": (lambda p: os.remove(p / "tokenizer.json"), "tokenizer: .*no tokenizer.json or spiece.model"),
+}
+
+
+def _del_key(path, key):
+    hf = json.loads((path / "config.json").read_text())
+    del hf[key]
+    (path / "config.json").write_text(json.dumps(hf))
+
+
+def _shrink_embeddings(path, rows):
+    tensors = convert.read_safetensors(str(path / "model.safetensors"))
+    for name in ("shared.weight", "lm_head.weight"):
+        tensors[name] = tensors[name][:rows]
+    convert.write_safetensors(str(path / "model.safetensors"), tensors)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_a_conversion_error(hf_dir, case):
+    path, _ = hf_dir
+    damage, message = BAD_INPUTS[case]
+    damage(path)
+    with pytest.raises(ConversionError, match=message):
+        convert.import_hf(str(path))
