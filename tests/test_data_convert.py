@@ -53,7 +53,7 @@ def test_round_trip_gives_same_records_and_counts(tmp_path):
         assert json.load(f) == meta
     assert meta["count"] == 1000
     assert meta["residues"] == sum(len(r.sequence) for r in records)
-    # Shards are balanced: round-robin gives sizes within one record of each other.
+    # Shards are balanced: equal shares within one record.
     sizes = [len(ArrayRecordSource([tmp_path / "out" / s])) for s in meta["shards"]]
     assert len(sizes) == 7 and max(sizes) - min(sizes) <= 1 and sum(sizes) == 1000
 
@@ -72,16 +72,30 @@ def test_refuses_a_directory_that_already_holds_shards(tmp_path):
         convert_fasta(fasta, tmp_path / "out", num_shards=2)
 
 
-def test_failed_conversion_leaves_nothing_that_looks_complete(tmp_path):
+def test_bad_input_is_found_before_anything_is_written(tmp_path):
     fasta = tmp_path / "bad.fa"
     write_fasta(fasta, random_records(50))
     with open(fasta, "a") as f:
         f.write(">EMPTY\n")
     with pytest.raises(FastaError, match="'EMPTY'"):
         convert_fasta(fasta, tmp_path / "out", num_shards=3)
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_interrupted_conversion_leaves_nothing_that_looks_complete(tmp_path):
+    fasta = write_fasta(tmp_path / "in.fa", random_records(100))
+
+    def interrupt_while_writing(message):
+        if message.startswith("wrote"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        convert_fasta(fasta, tmp_path / "out", num_shards=3, progress=interrupt_while_writing, progress_every=40)
     assert os.listdir(tmp_path / "out") == []
     with pytest.raises(SourceError, match="not a finished conversion"):
         open_source(tmp_path / "out")
+    convert_fasta(fasta, tmp_path / "out", num_shards=3)  # a rerun into the same directory works
+    assert len(open_source(tmp_path / "out")) == 100
 
 
 def test_cli_converts_and_prints_a_summary(tmp_path):

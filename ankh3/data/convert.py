@@ -1,14 +1,17 @@
 """Converts a FASTA file (plain, .gz, .xz) into ArrayRecord shards that `ArrayRecordSource` reads.
 
-    python -m ankh3.data.convert --fasta=uniref50.fasta.gz --out=data/uniref50 --shards=64
+    python -m ankh3.data.convert --fasta=uniref50.fasta.gz --out=data/uniref50 --shards=256
 
-Streams in constant memory. Records go round-robin to the shards so they stay balanced. Shards are
-written under temporary names and renamed at the end; `metadata.json` is written last, so a
-directory without it is an unfinished conversion.
+Two streaming passes in bounded memory: the first validates and counts the records, the second
+fills the shards one after another with equal shares. (An ArrayRecord writer keeps an index entry
+per record until it closes, so writing all shards at once would grow with the whole corpus; one
+open shard at a time bounds memory by the shard size.) Shards get temporary names until all are
+written, and `metadata.json` comes last: a directory without it is an unfinished conversion.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -22,6 +25,8 @@ from ankh3.data.sources import METADATA_FILE, SHARD_SUFFIX, SourceError, encode_
 WRITER_OPTIONS = "group_size:1"
 _PARTIAL = ".partial"
 
+Progress = Callable[[str], None]
+
 
 def shard_name(index: int, num_shards: int) -> str:
     return f"sequences-{index:05d}-of-{num_shards:05d}{SHARD_SUFFIX}"
@@ -31,45 +36,65 @@ def convert_fasta(
     fasta_path: str | os.PathLike,
     out_dir: str | os.PathLike,
     num_shards: int,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     progress_every: int = 100_000,
 ) -> dict:
     """Writes `num_shards` shards and metadata.json into `out_dir`; returns the metadata.
 
-    Raises FastaError for bad input and SourceError for an unusable output directory.
-    `progress(records, residues)` is called every `progress_every` records.
+    Raises FastaError for bad input (before anything is written) and SourceError for an unusable
+    output directory. `progress(message)` is called every `progress_every` records of each pass.
     """
-    from array_record.python.array_record_module import ArrayRecordWriter
-
     fasta_path, out_dir = os.fspath(fasta_path), os.fspath(out_dir)
     if num_shards < 1:
         raise SourceError(f"--shards must be at least 1, got {num_shards}")
+    count, residues = count_records(fasta_path, progress, progress_every)
+    if count == 0:
+        raise FastaError(f"{fasta_path} holds no FASTA records; nothing to convert")
     _prepare_out_dir(out_dir)
     names = [shard_name(i, num_shards) for i in range(num_shards)]
     partial = [os.path.join(out_dir, n + _PARTIAL) for n in names]
-    writers = [ArrayRecordWriter(p, WRITER_OPTIONS) for p in partial]
-    count = residues = 0
-    finished = False
     try:
-        for record in read_fasta(fasta_path):
-            writers[count % num_shards].write(encode_record(record))
-            count += 1
-            residues += len(record.sequence)
-            if progress and count % progress_every == 0:
-                progress(count, residues)
-        finished = True
-    finally:
-        for w in writers:
-            w.close()
-        if not finished or count == 0:
-            _remove(partial)  # leave nothing behind that a later run would mistake for output
-    if count == 0:
-        raise FastaError(f"{fasta_path} holds no FASTA records; nothing to convert")
+        write_shards(fasta_path, partial, count, progress, progress_every)
+    except BaseException:
+        _remove(partial)  # leave nothing behind that a later run would mistake for output
+        raise
     for p, n in zip(partial, names):
         os.replace(p, os.path.join(out_dir, n))
     metadata = {"count": count, "residues": residues, "source": os.path.abspath(fasta_path), "shards": names}
     _write_json_atomically(os.path.join(out_dir, METADATA_FILE), metadata)
     return metadata
+
+
+def count_records(fasta_path: str, progress: Progress | None = None, every: int = 100_000) -> tuple[int, int]:
+    """(records, residues) of a FASTA file; reading it all also validates it."""
+    count = residues = 0
+    for record in read_fasta(fasta_path):
+        count += 1
+        residues += len(record.sequence)
+        if progress and count % every == 0:
+            progress(f"checked {count:,} records ({residues:,} residues)")
+    return count, residues
+
+
+def write_shards(fasta_path: str, paths: list[str], count: int, progress: Progress | None = None, every: int = 100_000):
+    """Writes the `count` records in file order into `paths`, equal shares (within one), one shard at a time."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    records = read_fasta(fasta_path)
+    bounds = [i * count // len(paths) for i in range(len(paths) + 1)]
+    written = 0
+    for i, path in enumerate(paths):
+        writer = ArrayRecordWriter(path, WRITER_OPTIONS)
+        try:
+            for record in itertools.islice(records, bounds[i + 1] - bounds[i]):
+                writer.write(encode_record(record))
+                written += 1
+                if progress and written % every == 0:
+                    progress(f"wrote {written:,} of {count:,} records")
+        finally:
+            writer.close()
+    if written != count or next(records, None) is not None:
+        raise FastaError(f"{fasta_path} changed during conversion; convert a file that is not being written to")
 
 
 def _prepare_out_dir(out_dir: str) -> None:
@@ -103,9 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
 
-    def report(records: int, residues: int) -> None:
-        rate = records / (time.perf_counter() - start)
-        print(f"{records:,} records, {residues:,} residues ({rate:,.0f} records/s)", flush=True)
+    def report(message: str) -> None:
+        print(f"{message} [{time.perf_counter() - start:.0f} s]", flush=True)
 
     try:
         meta = convert_fasta(args.fasta, args.out, args.shards, progress=report)

@@ -59,7 +59,8 @@ class ArrayRecordSource:
         try:
             self._source = grain.sources.ArrayRecordDataSource(self.paths)
         except (OSError, ValueError, RuntimeError) as e:
-            raise SourceError(f"cannot open ArrayRecord shards {self.paths[0]}...: {e}; re-run the converter") from None
+            where = os.path.dirname(os.path.abspath(self.paths[0]))
+            raise SourceError(f"cannot read the ArrayRecord shards in {where}: {e}; re-run the converter") from None
 
     def __len__(self) -> int:
         return len(self._source)
