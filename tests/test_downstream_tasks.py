@@ -102,6 +102,15 @@ def test_user_fasta_task_carves_validation(ssp8, tmp_path):
     assert names == {ex.name for ex in ssp8.splits["train"][:20]}
 
 
+def test_user_files_from_a_config_dict(ssp8, tmp_path):
+    import ml_collections
+    files = ml_collections.ConfigDict({split: write_fasta(tmp_path / f"{split}.fa", ssp8.splits[split][:3], SSP8)
+                                       for split in ("train", "valid", "test")})
+    data = load_task("my_ssp8", path=files, format="fasta", states=8)
+    assert data.counts() == {"train": 3, "valid": 3, "test": 3}
+    assert (data.splits["valid"][2].label == ssp8.splits["valid"][2].label).all()
+
+
 def test_user_tape_folder(tmp_path):
     gb1 = load_task("gb1", max_per_split=4)
     for split in ("train", "valid", "test"):

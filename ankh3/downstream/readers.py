@@ -199,10 +199,13 @@ def record_lines(text: str, count: int) -> list[int]:
     """Line on which each top-level record of a JSON list begins (for error messages)."""
     decoder = json.JSONDecoder()
     lines, pos = [], text.index("[") + 1
+    line, counted = 1, 0  # newlines are counted incrementally: TAPE's JSON files hold ~10^4 records
     for _ in range(count):
         while text[pos] in " \t\r\n,":
             pos += 1
-        lines.append(text.count("\n", 0, pos) + 1)
+        line += text.count("\n", counted, pos)
+        counted = pos
+        lines.append(line)
         _, pos = decoder.raw_decode(text, pos)
     return lines
 
@@ -216,15 +219,23 @@ def read_lmdb_records(path: str) -> list[tuple[int, dict]]:
                             "or convert the split to TAPE's .json format") from None
     if not os.path.exists(path):
         raise TaskDataError(f"{path}: file not found")
-    env = lmdb.open(path, max_readers=1, readonly=True, lock=False, readahead=False, meminit=False)
+    try:
+        env = lmdb.open(path, max_readers=1, readonly=True, lock=False, readahead=False, meminit=False)
+    except lmdb.Error as e:
+        raise TaskDataError(f"{path}: cannot open as LMDB ({e})") from None
     try:
         with env.begin(write=False) as txn:
             raw = txn.get(b"num_examples")
             if raw is None:
                 raise TaskDataError(f"{path}: no 'num_examples' key; not a TAPE LMDB folder")
             # TAPE's own files store pickles; only open LMDB folders from a source you trust.
-            count = pickle.loads(raw)
-            return [(i, pickle.loads(txn.get(str(i).encode()))) for i in range(count)]
+            records = []
+            for i in range(pickle.loads(raw)):
+                value = txn.get(str(i).encode())
+                if value is None:
+                    raise TaskDataError(f"{path}:{i}: record {i} missing though num_examples says more")
+                records.append((i, pickle.loads(value)))
+            return records
     finally:
         env.close()
 

@@ -165,7 +165,7 @@ def load_user_task(name, path, format, states, target, use_cb513_mask):
 
 def split_files(path, name: str) -> dict[str, str]:
     """Split -> file from a mapping, or from a folder's `*_train.*`, `*_valid.*`, `*_test.*` entries."""
-    if isinstance(path, Mapping):
+    if is_mapping(path):
         files = {}
         for key, file in path.items():
             split = {"validation": "valid", "val": "valid"}.get(key, key)
@@ -208,7 +208,12 @@ def check_splits(splits, name: str, where: str) -> None:
                                 "give it records (or a file for it)")
 
 
+def is_mapping(path) -> bool:
+    # ml_collections' ConfigDict has items() but is not a collections.abc.Mapping.
+    return isinstance(path, Mapping) or hasattr(path, "items")
+
+
 def describe(path) -> str:
-    if isinstance(path, Mapping):
+    if is_mapping(path):
         return ", ".join(f"{k}={os.fspath(v)}" for k, v in path.items())
     return os.fspath(path) if path is not None else "?"
