@@ -118,6 +118,6 @@ def check_config(config) -> None:
     for key, value in positive.items():
         if int(value) < 1:
             raise ConfigError(f"config.{key} must be >= 1, got {value}")
-    check_choice(train.compute_dtype, ("auto", "float32", "bfloat16"), "config.train.compute_dtype")
+    check_choice(config.model.dtype, ("auto", "float32", "bfloat16", "float16"), "config.model.dtype")
     if config.downstream.prefix not in ("[NLU]", "[S2S]"):
         raise ConfigError(f"config.downstream.prefix must be '[NLU]' or '[S2S]', got {config.downstream.prefix!r}")

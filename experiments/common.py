@@ -30,6 +30,9 @@ RUN_SIZES = {
 def pick(arg: str | None, valid, family: str, default: str | None = None) -> str:
     """The variant named by ARG (after the ':' of --config), or one line listing the valid ones."""
     arg = default if arg in (None, "") else arg
+    if arg is None:
+        raise ConfigError(f"experiments/{family}.py needs an argument: one of {', '.join(valid)} "
+                          f"(e.g. --config=experiments/{family}.py:{list(valid)[0]})")
     if arg not in valid:
         raise ConfigError(f"experiments/{family}.py: unknown argument {arg!r}; valid: {', '.join(valid)} "
                           f"(e.g. --config=experiments/{family}.py:{list(valid)[0]})")
@@ -62,6 +65,7 @@ def ankh3_recipe(shape: str = "tiny", family: str = "base", variant: str | None 
 
     c.model = model_section(shape)
     c.model.remat = size["remat"]
+    c.model.dtype = size["compute_dtype"]  # auto: bfloat16 on accelerators, float32 on CPU; params stay float32
     c.init_from = ""  # a directory written by ankh3.convert to start from published weights
 
     c.data = ml_collections.ConfigDict(dict(
@@ -94,7 +98,6 @@ def ankh3_recipe(shape: str = "tiny", family: str = "base", variant: str | None 
         checkpoint_every=size["checkpoint_every"],
         keep_checkpoints=3,
         progress_every_s=5.0,  # terminal progress line at most this often
-        compute_dtype=size["compute_dtype"],  # auto: bfloat16 on accelerators, float32 on CPU
     ))
     c.mesh = ml_collections.ConfigDict(dict(model=1))  # data parallel over the remaining devices
 
@@ -109,10 +112,11 @@ def ankh3_recipe(shape: str = "tiny", family: str = "base", variant: str | None 
         seeds=(0,),
         epochs=size["downstream_epochs"],
         controls=True,  # one-hot and random-encoder baselines beside every probe
-        max_train=0,  # 0 = every training example of a task; small values make quick smoke runs
-        data_dir="",  # '' = the bundled data/downstream
-        cache_dir="",  # '' = WORKDIR/embeddings
+        max_per_split=0,  # 0 = every example; N keeps the first N of each split (quick smoke runs)
+        cache_dir="",  # '' = WORKDIR/downstream/embeddings
     ))
+    # Per task, a file replacing the bundled data ('' = bundled); one key per task above.
+    c.downstream.paths = ml_collections.ConfigDict({name: "" for name in c.downstream.tasks})
 
     c.budget = ml_collections.ConfigDict(dict(tokens_per_step=0, total_tokens=0))
     record_budget(c)
