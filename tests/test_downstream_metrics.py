@@ -108,6 +108,15 @@ def test_mse_hand_checked():
     assert metrics.mse([1.0, 2.0], [1.0, 4.0]) == 2.0
 
 
+def test_correlation_of_constant_prediction_is_nan(recwarn):
+    # An untrained regression head predicts one value; the metric is undefined, not an exception.
+    assert np.isnan(metrics.spearman([0.5, 0.5, 0.5], [1.0, 2.0, 3.0]))
+    assert np.isnan(metrics.pearson([0.5, 0.5, 0.5], [1.0, 2.0, 3.0]))
+    assert not recwarn.list
+    with pytest.raises(ValueError, match="2 predictions for 3 targets"):
+        metrics.mse([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
 # ---- per-split summaries -------------------------------------------------------------------------
 def test_score_split_and_flatten():
     spec = task_spec("ssp3", "residue_classification", 3)

@@ -39,32 +39,43 @@ def contact_precision(scores, contacts, valid=None, min_sep: int = 24, max_sep: 
                       top_fraction: int = 5) -> float:
     """Precision of the top L/`top_fraction` scored pairs (i < j, min_sep <= j - i <= max_sep).
 
-    Pairs involving an unresolved residue (`valid` False) are neither ranked nor counted. When fewer
-    candidate pairs exist than L/top_fraction, all are taken; NaN when there are none.
+    Pairs involving an unresolved residue (`valid` False; per residue [L] or per pair [L, L]) are
+    neither ranked nor counted. When fewer candidate pairs exist than L/top_fraction, all are taken;
+    NaN when there are none.
     """
+    hits = ranked_hits(scores, contacts, valid, min_sep, max_sep)
+    return precision_at(hits, len(scores) // top_fraction)
+
+
+def ranked_hits(scores, contacts, valid, min_sep: int, max_sep: int | None) -> np.ndarray:
+    """Whether each candidate pair is a contact, candidates ordered by descending score."""
     scores = np.asarray(scores, np.float32)
     contacts = np.asarray(contacts, bool)
-    length = scores.shape[0]
-    i, j = np.triu_indices(length, k=max(min_sep, 1))
+    i, j = np.triu_indices(scores.shape[0], k=max(min_sep, 1))
     keep = np.ones(len(i), bool) if max_sep is None else (j - i) <= max_sep
     if valid is not None:
         valid = np.asarray(valid, bool)
         keep &= valid[i, j] if valid.ndim == 2 else (valid[i] & valid[j])
     i, j = i[keep], j[keep]
-    if len(i) == 0:
-        return float("nan")
-    k = min(max(length // top_fraction, 1), len(i))
     # Stable sort on the negated score: ties resolve by position, so results are reproducible.
-    top = np.argsort(-scores[i, j], kind="stable")[:k]
-    return float(contacts[i[top], j[top]].mean())
+    order = np.argsort(-scores[i, j], kind="stable")
+    return contacts[i[order], j[order]]
+
+
+def precision_at(hits: np.ndarray, k: int) -> float:
+    if len(hits) == 0:
+        return float("nan")
+    return float(hits[:min(max(k, 1), len(hits))].mean())
 
 
 def contact_precisions(scores, contacts, valid=None) -> dict[str, float]:
     """P@L, P@L/2, P@L/5 for short, medium and long range, named `p_l5_long` etc."""
+    length = len(scores)
     out = {}
     for range_name, (lo, hi) in CONTACT_RANGES.items():
+        hits = ranked_hits(scores, contacts, valid, lo, hi)
         for frac_name, fraction in CONTACT_FRACTIONS.items():
-            out[f"p_{frac_name}_{range_name}"] = contact_precision(scores, contacts, valid, lo, hi, fraction)
+            out[f"p_{frac_name}_{range_name}"] = precision_at(hits, length // fraction)
     return out
 
 
@@ -86,15 +97,32 @@ def nanmean(values) -> float:
 
 
 def spearman(pred, true) -> float:
-    return float(scipy.stats.spearmanr(np.asarray(pred, np.float64), np.asarray(true, np.float64)).statistic)
+    pred, true = as_pair(pred, true)
+    if is_constant(pred) or is_constant(true):
+        return float("nan")  # undefined; scipy would warn once per call during early probe epochs
+    return float(scipy.stats.spearmanr(pred, true).statistic)
 
 
 def pearson(pred, true) -> float:
-    return float(scipy.stats.pearsonr(np.asarray(pred, np.float64), np.asarray(true, np.float64)).statistic)
+    pred, true = as_pair(pred, true)
+    if is_constant(pred) or is_constant(true):
+        return float("nan")
+    return float(scipy.stats.pearsonr(pred, true).statistic)
+
+
+def as_pair(pred, true) -> tuple[np.ndarray, np.ndarray]:
+    pred, true = np.asarray(pred, np.float64).ravel(), np.asarray(true, np.float64).ravel()
+    if pred.shape != true.shape:
+        raise ValueError(f"{len(pred)} predictions for {len(true)} targets")
+    return pred, true
+
+
+def is_constant(values: np.ndarray) -> bool:
+    return len(values) < 2 or bool(np.all(values == values[0]))
 
 
 def mse(pred, true) -> float:
-    pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    pred, true = as_pair(pred, true)
     return float(np.mean((pred - true) ** 2))
 
 
