@@ -2,7 +2,6 @@
 import json
 import pickle
 
-import numpy as np
 import pytest
 
 from ankh3.downstream import readers
@@ -36,7 +35,8 @@ def write_netsurfp(path, chains, header="input,dssp3,dssp8,disorder,cb513_mask",
     lines = [header]
     for k, (_, seq, ss8) in enumerate(chains):
         dis = disorder[k] if disorder else ["1.0"] * len(seq)
-        lines.append(",".join([spaced(seq), spaced(to3(ss8)), spaced(ss8), " ".join(dis), " ".join(["1.0"] * len(seq))]))
+        mask = " ".join(["1.0"] * len(seq))
+        lines.append(",".join([spaced(seq), spaced(to3(ss8)), spaced(ss8), " ".join(dis), mask]))
     path.write_text("\n".join(lines) + "\n")
     return str(path)
 
@@ -72,14 +72,9 @@ def test_netsurfp_cb513_mask_is_optional(chains, tmp_path):
 
 def test_netsurfp_length_mismatch_names_line(chains, tmp_path):
     _, seq, ss8 = chains[1]
-    bad = [chains[0], ("x", seq, ss8[:-1])]
-    lines = ["input,dssp3,dssp8,disorder,cb513_mask"]
-    for _, s, l8 in bad:
-        lines.append(",".join([spaced(s), spaced(to3(l8)), spaced(l8), " ".join(["1.0"] * len(s)), " ".join(["1.0"] * len(s))]))
-    path = tmp_path / "bad.csv"
-    path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(TaskDataError, match=r"bad\.csv:3: dssp3 has \d+ labels for \d+ residues"):
-        readers.read_netsurfp_csv(str(path))
+    path = write_netsurfp(tmp_path / "bad.csv", [chains[0], ("x", seq, ss8[:-1])])  # one label short
+    with pytest.raises(TaskDataError, match=rf"bad\.csv:3: dssp3 has {len(seq) - 1} labels for {len(seq)} residues"):
+        readers.read_netsurfp_csv(path)
 
 
 def test_netsurfp_unknown_letter_and_missing_column(chains, tmp_path):
@@ -206,7 +201,8 @@ def test_labeled_fasta(chains, tmp_path):
 def test_labeled_fasta_errors(chains, tmp_path):
     name, seq, ss8 = chains[1]
     path = write_fasta(tmp_path / "short.fasta", [chains[0], (name, seq, ss8[:-2])])
-    with pytest.raises(TaskDataError, match=rf"short\.fasta:6: label string has {len(seq) - 2} letters for {len(seq)}"):
+    message = rf"short\.fasta:6: label string has {len(seq) - 2} letters for {len(seq)}"
+    with pytest.raises(TaskDataError, match=message):
         readers.read_labeled_fasta(path)
     path = write_fasta(tmp_path / "letter.fasta", [(name, seq, "Q" + ss8[1:])])
     with pytest.raises(TaskDataError, match=r"letter\.fasta:3: unknown label letter 'Q'"):
