@@ -1,0 +1,113 @@
+"""Training: loss and per-task metrics, schedules, accumulation, the loop's determinism and its NaN stop."""
+import io
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from ankh3 import train
+from ankh3.checkpoint import Checkpointer
+from ankh3.model import T5, get_shape
+from ankh3.optimizer import OptimizerConfigError, OptimizerSpec, make_optimizer, make_schedule
+
+CFG = get_shape("tiny", d_model=32, d_ff=64, num_heads=2, d_kv=16, num_encoder_layers=1, num_decoder_layers=1)
+TASKS = ("nlu", "s2s")
+
+
+def synthetic_batches(seed, batch=4, le=24, ld=16):
+    """Pipeline-shaped batches: random residues, some padding, a task per row."""
+    rng = np.random.default_rng(seed)
+    while True:
+        enc = rng.integers(3, 28, (batch, le)).astype(np.int32)
+        enc[:, -3:] = 0
+        tgt = rng.integers(3, 28, (batch, ld)).astype(np.int32)
+        tgt[:, -2:] = 0
+        dec = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], axis=1)
+        yield {"encoder_tokens": enc, "decoder_inputs": dec, "decoder_targets": tgt,
+               "decoder_weights": (tgt != 0).astype(np.float32),
+               "task": (np.arange(batch) % 2).astype(np.int32)}
+
+
+def run_loop(steps, *, seed=0, accum=1, lr=1e-2, checkpointer=None, start=None, batches=None):
+    model = T5(CFG, rngs=nnx.Rngs(seed))
+    tx, schedule = make_optimizer(OptimizerSpec(learning_rate=lr, warmup_steps=2, total_steps=steps, grad_accum=accum))
+    graphdef, state = train.init_state(model, tx)
+    if start is not None:
+        state = start(state)
+    settings = train.LoopSettings(steps=steps, grad_accum=accum, log_every=1, eval_every=steps,
+                                  checkpoint_every=2, progress_every_s=0.0, tokens_per_step=4 * 40)
+    out = io.StringIO()
+    result = train.train_loop(
+        state=state, train_step=train.make_train_step(graphdef, tx, 2, False),
+        eval_step=train.make_eval_step(graphdef, 2), batches=batches or synthetic_batches(seed),
+        eval_batches=[train.device_batch(next(synthetic_batches(99)), None)], task_names=TASKS,
+        settings=settings, checkpointer=checkpointer, schedule=schedule, out=out)
+    return result, out.getvalue()
+
+
+def test_token_metrics_weighted_per_task():
+    logits = jnp.log(jnp.array([[[0.5, 0.5, 1e-9], [1e-9, 1.0, 1e-9]],
+                                [[1e-9, 1e-9, 1.0], [1.0, 1e-9, 1e-9]]]))
+    batch = {"decoder_targets": jnp.array([[0, 1], [2, 2]]), "decoder_weights": jnp.array([[1.0, 1.0], [1.0, 0.0]]),
+             "task": jnp.array([1, 0])}
+    loss, sums = train.token_metrics(logits, batch, 2)
+    # row 0 (task 1): -log 0.5 and 0; row 1 (task 0): 0, padding ignored
+    assert float(loss) == pytest.approx(math.log(2) / 3, rel=1e-5)
+    np.testing.assert_allclose(sums["tokens"], [1.0, 2.0])
+    np.testing.assert_allclose(sums["nll"], [0.0, math.log(2)], atol=1e-5)
+    metrics = train.summarize(jax.device_get(sums), TASKS, "train")
+    assert metrics["train/nlu/accuracy"] == 1.0 and metrics["train/s2s/loss"] == pytest.approx(math.log(2) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("schedule", ["inverse_sqrt", "cosine", "constant"])
+def test_schedules_warm_up_then_follow_their_shape(schedule):
+    lr = make_schedule(OptimizerSpec(learning_rate=1.0, warmup_steps=10, total_steps=100, schedule=schedule))
+    assert float(lr(0)) == pytest.approx(0.1) and float(lr(9)) == pytest.approx(1.0)
+    late = float(lr(99))
+    expected = {"inverse_sqrt": math.sqrt(10 / 100), "cosine": 0.1, "constant": 1.0}[schedule]
+    assert late == pytest.approx(expected, rel=0.05)
+
+
+def test_bad_optimizer_settings_are_one_clear_error():
+    with pytest.raises(OptimizerConfigError, match="optimizer.name 'sgd'"):
+        make_optimizer(OptimizerSpec(name="sgd"))
+
+
+def test_gradient_accumulation_averages_micro_batches():
+    params = {"w": jnp.array([1.0])}
+    tx, _ = make_optimizer(OptimizerSpec(name="adamw", schedule="constant", warmup_steps=0, learning_rate=0.1,
+                                         clip_norm=0, grad_accum=2))
+    state = tx.init(params)
+    updates, state = tx.update({"w": jnp.array([1.0])}, state, params)
+    assert float(updates["w"][0]) == 0.0  # first micro-batch: nothing applied yet
+    updates, state = tx.update({"w": jnp.array([3.0])}, state, params)
+    assert float(updates["w"][0]) < 0.0  # second: one update from the mean gradient
+
+
+def test_loop_learns_logs_per_task_and_is_deterministic():
+    first, text = run_loop(12)
+    second, _ = run_loop(12)
+    assert first.final_step == 12 and not first.stopped_by
+    assert first.metrics["train/loss"] == second.metrics["train/loss"]  # same seed, same losses
+    assert {"train/nlu/loss", "train/s2s/accuracy", "eval/nlu/loss", "perf/tokens_per_s"} <= set(first.metrics)
+    losses = [float(line.split("loss ")[1].split()[0]) for line in text.splitlines()]
+    assert losses[-1] < losses[0]
+    assert "steps/s" in text and "ETA" in text
+
+
+def test_non_finite_loss_stops_before_a_bad_checkpoint(tmp_path):
+    ckpt = Checkpointer(str(tmp_path / "ckpt"), async_save=False)
+
+    def poisoned():
+        for i, batch in enumerate(synthetic_batches(0)):
+            if i >= 3:  # from the 4th update on, the loss is NaN
+                batch["decoder_weights"] = batch["decoder_weights"] * np.nan
+            yield batch
+
+    with pytest.raises(train.NonFiniteLossError, match="non-finite loss .* at step 4"):
+        run_loop(8, checkpointer=ckpt, batches=poisoned())
+    assert ckpt.all_steps() == [2]  # the last good checkpoint is left in place
