@@ -106,13 +106,15 @@ class _ObjectiveBatchIterator(grain.DatasetIterator):
         super().__init__(parent)
         self._plan = plan
         self._step = 0
+        self.pending_dropped = 0  # skipped since the last batch; read once the records run out
 
     def __next__(self) -> dict:
-        plan, sequences, dropped = self._plan, [], 0
+        plan, sequences = self._plan, []
+        self.pending_dropped = 0
         while len(sequences) < plan.batch_size:
             tokens = next(self._parent)  # at the end of finite epochs a partial batch is discarded
             if len(tokens) < plan.min_residues:
-                dropped += 1
+                self.pending_dropped += 1
             else:
                 sequences.append(tokens)
         # Worker processes each run a copy of this iterator on their own slice: the worker index keeps
@@ -122,7 +124,8 @@ class _ObjectiveBatchIterator(grain.DatasetIterator):
         self._step += 1
         batch = build_batch(sequences, plan.mixture, plan.tokenizer, plan.limits, encoder_length=plan.encoder_length,
                             decoder_length=plan.decoder_length, rng=rng, crop=plan.crop)
-        batch[_DROPPED] = dropped
+        batch[_DROPPED] = self.pending_dropped
+        self.pending_dropped = 0
         return batch
 
     def get_state(self) -> dict:
@@ -144,7 +147,15 @@ class BatchIterator(grain.DatasetIterator):
         self._stats = {"batches": 0, "examples": 0, "dropped_short": 0}
 
     def __next__(self) -> dict:
-        batch = dict(next(self._parent))
+        try:
+            batch = dict(next(self._parent))
+        except StopIteration:
+            # Skips after the last full batch ride on no batch; an in-process batcher still holds them
+            # (with worker processes they go uncounted).
+            if isinstance(self._parent, _ObjectiveBatchIterator):
+                self._stats["dropped_short"] += self._parent.pending_dropped
+                self._parent.pending_dropped = 0
+            raise
         self._stats["dropped_short"] += int(batch.pop(_DROPPED))
         self._stats["batches"] += 1
         self._stats["examples"] += len(batch["task"])
