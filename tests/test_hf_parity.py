@@ -3,8 +3,6 @@
 Needs the test-only extras (torch CPU, transformers); tiny random models, float32.
 """
 import json
-import os
-import shutil
 
 import numpy as np
 import pytest
