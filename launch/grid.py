@@ -1,0 +1,405 @@
+"""Run every variant of an experiments family x N seeds; skip finished runs, resume unfinished ones.
+
+    python launch/grid.py --config=experiments/ablate_tasks.py --seeds=3                # 3 variants x 3 seeds
+    python launch/grid.py --config=experiments/paper.py:small --seeds=3 --jobs=2        # the paper's matrix
+    python launch/grid.py --config=experiments/ablate_completion.py --variants=0.25,0.75 --config.train.steps=100
+
+Each (variant, seed) is one `launch/run.py` process and one MLflow run tagged family, variant, seed and
+config_hash (a hash of the resolved config without seed and tracking). Re-running the same command
+skips the runs that are FINISHED in MLflow with those four tags and resumes the others from the
+checkpoints in their workdir (runs/EXPERIMENT/VARIANT-sSEED-HASH). --config.KEY=VALUE overrides go to
+every run. Bad input ends with one line on stderr and exit status 2; failed runs give exit status 1.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # experiments/ and ankh3/ import from the repository root
+
+EXIT_USAGE, EXIT_FAILED = 2, 1
+RUN_SCRIPT = os.path.join(ROOT, "launch", "run.py")
+LOG_FILE = "launch.log"
+# Fields that do not change what a run computes, so they stay out of the config hash.
+UNHASHED = ("seed", "tracking", "budget", "downstream.cache_dir", "data.worker_count", "train.progress_every_s")
+# Families written before the VARIANTS convention: the attribute that names their variants.
+LEGACY_VARIANT_ATTRS = ("VARIANTS", "FRACTIONS", "PREFIXES")
+
+
+class GridError(ValueError):
+    """Bad grid input (family file, variant list, override); the message says what and how to fix it."""
+
+
+# ---- the family file and its configs ----------------------------------------------------------------
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """'experiments/f.py:ARG' -> (absolute path, 'ARG' or None)."""
+    path, sep, arg = spec.partition(":")
+    path = path if os.path.isabs(path) or os.path.exists(path) else os.path.join(ROOT, path)
+    if not os.path.isfile(path):
+        raise GridError(f"no such experiments file {spec.partition(':')[0]!r}; pass --config=experiments/FAMILY.py")
+    return os.path.abspath(path), (arg if sep else None)
+
+
+def load_module(path: str):
+    """The experiments file as a module (imports of experiments.common work: ROOT is on sys.path)."""
+    name = "grid_family_" + hashlib.sha1(path.encode()).hexdigest()[:8]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 -- a broken experiments file: report it on one line
+        raise GridError(f"cannot import {path}: {type(e).__name__}: {e}") from None
+    return module
+
+
+def list_variants(module, path: str, arg: str | None) -> tuple[str, ...]:
+    """The ARGs of every variant: `variants(arg)` if the file defines it, else its VARIANTS (keys of a dict)."""
+    if callable(getattr(module, "variants", None)):
+        try:
+            return tuple(str(v) for v in module.variants(arg))
+        except ValueError as e:  # ConfigError of a bad ARG
+            raise GridError(str(e).strip().splitlines()[-1]) from None
+    if arg is not None:
+        raise GridError(f"{os.path.relpath(path, ROOT)} has no variants(ARG) function, so ':{arg}' means nothing "
+                        "to the grid; drop it or pick variants with --variants=a,b")
+    for attr in LEGACY_VARIANT_ATTRS:
+        found = getattr(module, attr, None)
+        if isinstance(found, (dict, tuple, list)) and found:
+            return tuple(str(v) for v in found)
+    raise GridError(f"{os.path.relpath(path, ROOT)} lists no variants (no VARIANTS or variants()); "
+                    "name them with --variants=a,b (e.g. --variants=0.15,0.15/3)")
+
+
+def load_config(path: str, arg: str | None, overrides: list[str]):
+    """The ConfigDict that `launch/run.py --config=PATH:ARG OVERRIDES` would use (same parser)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    spec = path if arg is None else f"{path}:{arg}"
+    argv = ["grid", f"--config={spec}", *overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "experiment config", flag_values=values, sys_argv=argv)
+    try:
+        values(argv)
+    except Exception as e:  # noqa: BLE001 -- config files and overrides raise many kinds
+        line = config_error_line(e)
+        where = os.path.relpath(path, ROOT)
+        raise GridError(line if where in line else f"{where}:{arg}: {line}") from None
+    return values.config
+
+
+def check_override_keys(config, overrides: list[str]) -> None:
+    """One line naming the first --config.KEY that the config does not have (before any run starts)."""
+    for override in overrides:
+        key = override.split("=", 1)[0][len("--config."):]
+        node, parts = config, key.split(".")
+        for i, part in enumerate(parts):
+            if not hasattr(node, "keys") or part not in node:
+                where = ".".join(parts[:i]) or "the config"
+                valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "no fields (not a section)"
+                raise GridError(f"unknown config key {key!r} in --config.{key}: {where} has {valid}")
+            node = node[part]
+
+
+def config_error_line(error: BaseException) -> str:
+    """The most useful line of a config failure: a ConfigError's message, else the innermost error."""
+    from ankh3.config import ConfigError
+
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen:
+        chain.append(error)
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    for e in reversed(chain):
+        if isinstance(e, ConfigError):
+            return str(e).strip().splitlines()[-1]
+    last = chain[-1]
+    lines = str(last).strip().splitlines()
+    return f"{type(last).__name__}: {lines[-1] if lines else ''}"
+
+
+def config_hash(config) -> str:
+    """12 hex digits over the resolved config minus fields that do not change the computation."""
+    tree = config.to_dict()
+    for key in UNHASHED:
+        node, parts = tree, key.split(".")
+        for part in parts[:-1]:
+            node = node.get(part, {})
+        if isinstance(node, dict):
+            node.pop(parts[-1], None)
+    text = json.dumps(tree, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+# ---- planning ---------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Job:
+    """One (variant, seed) of the matrix and where it lives."""
+
+    path: str  # the experiments file
+    arg: str | None
+    seed: int
+    overrides: list[str]  # --config.KEY=VALUE, seed and tracking uri included
+    family: str
+    variant: str
+    config_hash: str
+    experiment: str
+    uri: str
+    workdir: str
+    mode: str = "all"
+    extra_tags: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.variant}-s{self.seed}"  # the name launch/run.py gives its run
+
+    @property
+    def tags(self) -> dict:
+        return {"family": self.family, "variant": self.variant, "seed": str(self.seed),
+                "config_hash": self.config_hash, **self.extra_tags}
+
+    def command(self) -> list[str]:
+        spec = self.path if self.arg is None else f"{self.path}:{self.arg}"
+        return [sys.executable, RUN_SCRIPT, f"--config={spec}", *self.overrides, f"--workdir={self.workdir}",
+                f"--mode={self.mode}"]
+
+
+def resolve_uri(flag_uri: str | None, config) -> str:
+    from ankh3.tracking import default_uri
+
+    return flag_uri or config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(ROOT)
+
+
+def safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-," else "_" for c in text)
+
+
+def make_job(path: str, arg: str | None, seed: int, overrides: list[str], *, flag_uri: str | None,
+             workdir_root: str, mode: str = "all", workdir: str | None = None, extra_tags: dict | None = None) -> Job:
+    """Loads the config of (ARG, seed) with the overrides and fixes its tracking store and workdir."""
+    kept = [o for o in overrides if not o.startswith(("--config.seed=", "--config.tracking.uri="))]
+    config = load_config(path, arg, [*kept, f"--config.seed={seed}"])
+    uri = resolve_uri(flag_uri, config)
+    experiment = config.tracking.experiment or config.family
+    digest = config_hash(config)
+    if workdir is None:
+        workdir = os.path.join(workdir_root, safe_name(experiment), f"{safe_name(config.variant)}-s{seed}-{digest[:8]}")
+    return Job(path=path, arg=arg, seed=seed, overrides=[*kept, f"--config.seed={seed}", f"--config.tracking.uri={uri}"],
+               family=config.family, variant=config.variant, config_hash=digest, experiment=experiment, uri=uri,
+               workdir=os.path.abspath(workdir), mode=mode, extra_tags=dict(extra_tags or {}))
+
+
+def plan(spec: str, seeds: int, variants: list[str] | None, overrides: list[str], *, flag_uri: str | None = None,
+         workdir_root: str | None = None, mode: str = "all") -> list[Job]:
+    """Every (variant, seed) job of a family; `variants` (ARGs or variant names) narrows the list."""
+    if seeds < 1:
+        raise GridError(f"--seeds={seeds}: need at least 1")
+    path, arg = split_spec(spec)
+    module = load_module(path)
+    try:
+        listed = list_variants(module, path, arg)
+    except GridError:
+        if not variants or arg is not None:
+            raise
+        listed = ()  # an open-ended family (e.g. ablate_masking): --variants are its ARGs
+    root = workdir_root or os.path.join(ROOT, "runs")
+    args = pick_variants(listed, variants, path) if variants and listed else list(variants or listed)
+    check_override_keys(load_config(path, args[0], []), overrides)
+    # Seed-major: a first complete comparison (every variant at seed 0) comes before any repeat.
+    return [make_job(path, a, s, overrides, flag_uri=flag_uri, workdir_root=root, mode=mode)
+            for s in range(seeds) for a in args]
+
+
+def pick_variants(listed, wanted: list[str], path: str) -> list[str]:
+    """The listed ARGs matching `wanted` by ARG or by the part before '@' (paper.py's VARIANT@SHAPE)."""
+    chosen = []
+    for name in wanted:
+        match = [a for a in listed if a == name or a.split("@")[0] == name]
+        if not match:
+            raise GridError(f"--variants: {name!r} is not a variant of {os.path.relpath(path, ROOT)}; "
+                            f"valid: {', '.join(listed)}")
+        chosen += match
+    return chosen
+
+
+# ---- MLflow -----------------------------------------------------------------------------------------
+def _quote(value: str) -> str:
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def find_finished(client, job: Job) -> str | None:
+    """The id of a FINISHED run of this job's experiment with its family, variant, seed and config hash."""
+    experiment = client.get_experiment_by_name(job.experiment)
+    if experiment is None:
+        return None
+    query = " and ".join(f"tags.{k} = {_quote(v)}" for k, v in
+                         (("family", job.family), ("variant", job.variant), ("seed", job.seed),
+                          ("config_hash", job.config_hash)))
+    runs = client.search_runs([experiment.experiment_id], f"{query} and attributes.status = 'FINISHED'",
+                              max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def open_run(job: Job) -> str | None:
+    """Creates (or finds) the job's MLflow run with its tags, recorded in WORKDIR/tracking.json.
+
+    launch/run.py's Tracker reopens the run it finds there, so the run carries the grid's tags from
+    its first second and an interrupted job resumes into the same run.
+    """
+    from ankh3.tracking import Tracker
+
+    tracker = Tracker(job.uri, job.experiment, job.run_name, job.workdir, tags=job.tags)
+    if tracker.run_id is None:
+        tracker.start()
+    return tracker.run_id
+
+
+# ---- launching --------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Outcome:
+    job: Job
+    status: str  # 'skipped' | 'finished' | 'failed'
+    seconds: float = 0.0
+    reason: str = ""
+    run_id: str | None = None
+
+
+def start_process(job: Job, env: dict | None = None) -> subprocess.Popen:
+    """launch/run.py for the job in its own process; stdout and stderr go to WORKDIR/launch.log."""
+    os.makedirs(job.workdir, exist_ok=True)
+    log = open(os.path.join(job.workdir, LOG_FILE), "a")
+    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(job.command())}\n")
+    log.flush()
+    child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=child_env)
+    log.close()  # the child holds its own descriptor
+    return proc
+
+
+def failure_reason(job: Job, returncode: int) -> str:
+    """The run's own one-line error ('error: ...') from its log, else its exit status."""
+    try:
+        with open(os.path.join(job.workdir, LOG_FILE), errors="replace") as f:
+            lines = f.read().splitlines()[-400:]
+    except OSError:
+        lines = []
+    errors = [line for line in lines if line.startswith("error: ")]
+    if errors:
+        return errors[-1][len("error: "):]
+    tail = [line for line in lines if line.strip() and not line.startswith("=== ")]
+    return f"exit status {returncode}: {tail[-1].strip()[:300] if tail else 'no output'}"
+
+
+def run_job(job: Job) -> Outcome:
+    start = time.monotonic()
+    proc = start_process(job)
+    returncode = proc.wait()
+    seconds = time.monotonic() - start
+    if returncode == 0:
+        return Outcome(job, "finished", seconds)
+    return Outcome(job, "failed", seconds, failure_reason(job, returncode))
+
+
+def run_grid(jobs: list[Job], parallel: int = 1, out=sys.stdout) -> list[Outcome]:
+    """Skips finished jobs, then runs the rest, `parallel` processes at a time."""
+    from mlflow import MlflowClient
+
+    outcomes, todo = [], []
+    for job in jobs:
+        finished = find_finished(MlflowClient(tracking_uri=job.uri), job)
+        if finished:
+            outcomes.append(Outcome(job, "skipped", run_id=finished))
+            print(f"skip  {job.family} {job.variant} seed {job.seed}: finished run {finished}", file=out, flush=True)
+        else:
+            todo.append(job)
+    for job in todo:
+        job_run = open_run(job)
+        print(f"start {job.family} {job.variant} seed {job.seed} -> {job.workdir} (run {job_run})", file=out, flush=True)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        for outcome in pool.map(run_job, todo):
+            outcomes.append(outcome)
+            job = outcome.job
+            if outcome.status == "finished":
+                print(f"done  {job.family} {job.variant} seed {job.seed} in {outcome.seconds:.0f} s", file=out, flush=True)
+            else:
+                print(f"FAIL  {job.family} {job.variant} seed {job.seed}: {outcome.reason} "
+                      f"(log: {os.path.join(job.workdir, LOG_FILE)})", file=out, flush=True)
+    return outcomes
+
+
+def summarize(outcomes: list[Outcome]) -> str:
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("finished", "skipped", "failed")}
+    return f"grid: {counts['finished']} ran, {counts['skipped']} skipped (already finished), {counts['failed']} failed"
+
+
+# ---- command line -----------------------------------------------------------------------------------
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(argv for absl, --config.KEY=VALUE overrides passed through to every run)."""
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    bad = [a for a in overrides if "=" not in a]
+    if bad:
+        raise GridError(f"override {bad[0]!r} has no value; write --config.KEY=VALUE")
+    return [argv[0], *[a for a in argv[1:] if not a.startswith("--config.")]], overrides
+
+
+def define_flags(flags) -> None:
+    flags.DEFINE_string("config", None, "experiments file, optionally with :ARG for families that take one")
+    flags.DEFINE_integer("seeds", 1, "seeds 0..N-1 per variant")
+    flags.DEFINE_list("variants", None, "only these variants (ARGs or names); default: all of the family")
+    flags.DEFINE_multi_string("variant", None, "one more variant, repeatable (for ARGs with commas: --variant=0.15,0.3)")
+    flags.DEFINE_integer("jobs", 1, "runs at a time (independent processes)")
+    flags.DEFINE_enum("mode", "all", ("all", "pretrain"), "what each run does (launch/run.py --mode)")
+    flags.DEFINE_string("tracking_uri", None, "MLflow store (default: config, MLFLOW_TRACKING_URI, sqlite:///mlflow.db)")
+    flags.DEFINE_string("workdir_root", None, "where run workdirs go (default: runs/)")
+    flags.DEFINE_bool("dry_run", False, "list the jobs, their workdirs and whether they would be skipped; then exit")
+
+
+def fail(message: str, status: int = EXIT_USAGE):
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+def main() -> None:
+    from absl import flags
+
+    define_flags(flags)
+    try:
+        argv, overrides = split_overrides(sys.argv)
+        try:
+            rest = flags.FLAGS(argv)
+        except flags.Error as e:
+            raise GridError(f"{e}; see python launch/grid.py --helpfull") from None
+        if len(rest) > 1:
+            raise GridError(f"unexpected arguments {' '.join(rest[1:])}")
+        F = flags.FLAGS
+        if not F.config:
+            raise GridError("no --config given; e.g. --config=experiments/ablate_tasks.py --seeds=3")
+        if F.jobs < 1:
+            raise GridError(f"--jobs={F.jobs}: need at least 1")
+        jobs = plan(F.config, F.seeds, [*(F.variants or []), *(F.variant or [])] or None, overrides, flag_uri=F.tracking_uri,
+                    workdir_root=os.path.abspath(F.workdir_root) if F.workdir_root else None, mode=F.mode)
+        if F.dry_run:
+            from mlflow import MlflowClient
+
+            for job in jobs:
+                done = find_finished(MlflowClient(tracking_uri=job.uri), job)
+                print(f"{'skip' if done else 'run '}  {job.variant} seed {job.seed} hash {job.config_hash} {job.workdir}")
+            return
+        outcomes = run_grid(jobs, F.jobs)
+    except GridError as e:
+        fail(str(e))
+    print(summarize(outcomes), flush=True)
+    if any(o.status == "failed" for o in outcomes):
+        sys.exit(EXIT_FAILED)
+
+
+if __name__ == "__main__":
+    main()
