@@ -174,11 +174,6 @@ def _norm(rngs, layers: int | None, d: int) -> nnx.Param:
     return _param(rngs, (layers, d), None, ("layers", "embed"))
 
 
-def _values(module: nnx.Module) -> dict:
-    """The arrays of a module's parameters as a nested dict (what the scanned body consumes)."""
-    return nnx.to_pure_dict(nnx.state(module, nnx.Param))
-
-
 # ----------------------------------------------------------------------------- functions
 
 def relative_position_buckets(query_len: int, key_len: int, bidirectional: bool, num_buckets: int,
@@ -188,10 +183,13 @@ def relative_position_buckets(query_len: int, key_len: int, bidirectional: bool,
     Computed in numpy float32 exactly as HF/Mesh TensorFlow does, at trace time (shapes are static).
     """
     relative = np.arange(key_len)[None, :] - np.arange(query_len)[:, None]
-    return _bucket(relative, bidirectional, num_buckets, max_distance)
+    return relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
 
 
-def _bucket(relative: np.ndarray, bidirectional: bool, num_buckets: int, max_distance: int) -> np.ndarray:
+def relative_position_bucket(relative: np.ndarray, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> np.ndarray:
+    """T5's bucket of each relative position (key - query), like HF `_relative_position_bucket`."""
+    relative = np.asarray(relative, np.int64)
     buckets = np.zeros_like(relative)
     if bidirectional:
         num_buckets //= 2
@@ -323,46 +321,79 @@ def _scan_layers(cfg, body, x, params, keys):
     return x
 
 
+def position_bias(cfg: ModelConfig, table, query_len: int, key_len: int, bidirectional: bool) -> jax.Array:
+    """[1, heads, query_len, key_len] float32, computed once per stack and shared by all its layers."""
+    buckets = relative_position_buckets(query_len, key_len, bidirectional, cfg.relative_buckets,
+                                        cfg.relative_max_distance)
+    bias = jnp.take(table, jnp.asarray(buckets), axis=0)  # [T, S, H]
+    return jnp.transpose(bias, (2, 0, 1))[None].astype(jnp.float32)
+
+
+def _layer_params(stack: dict, names) -> dict:
+    return {name: stack[name] for name in names}
+
+
+def _embed(cfg: ModelConfig, shared, tokens, key):
+    x = jnp.take(shared, tokens, axis=0).astype(cfg.compute_dtype)
+    return _dropout(constrain(x, ("batch", "length", "embed")), cfg.dropout_rate, key)
+
+
+# Pure forward functions, jitted with the config static: eager calls reuse the compiled stack
+# (an un-jitted scan would recompile its body on every call), and under an outer jit they inline.
+@functools.partial(jax.jit, static_argnums=0)
+def encode_tokens(cfg: ModelConfig, params: dict, tokens, mask, keys=None) -> jax.Array:
+    """Embedding + encoder stack + final norm; `params` holds `shared` and `encoder`."""
+    keys = (None,) * 3 if keys is None else keys
+    p = params["encoder"]
+    length = tokens.shape[1]
+    bias = position_bias(cfg, p["relative_bias"], length, length, True)
+    x = _embed(cfg, params["shared"], tokens, keys[0])
+    layers = _layer_params(p, ("attn", "mlp", "attn_norm", "mlp_norm"))
+    x = _scan_layers(cfg, functools.partial(_encoder_layer, cfg, bias, mask), x, layers,
+                     _layer_keys(keys[1], cfg.num_encoder_layers, 4))
+    return _dropout(rms_norm(x, p["final_norm"], cfg.layer_norm_eps), cfg.dropout_rate, keys[2])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def decode_logits(cfg: ModelConfig, params: dict, encoded, encoder_mask, decoder_inputs, keys=None) -> jax.Array:
+    """Decoder stack + head -> float32 logits; `params` holds `shared`, `decoder` and `lm_head`."""
+    keys = (None,) * 3 if keys is None else keys
+    p = params["decoder"]
+    length = decoder_inputs.shape[1]
+    bias = position_bias(cfg, p["relative_bias"], length, length, False)
+    x = _embed(cfg, params["shared"], decoder_inputs, keys[0])
+    layers = _layer_params(p, ("self_attn", "cross_attn", "mlp", "self_attn_norm", "cross_attn_norm", "mlp_norm"))
+    body = functools.partial(_decoder_layer, cfg, bias, encoded.astype(cfg.compute_dtype), encoder_mask)
+    x = _scan_layers(cfg, body, x, layers, _layer_keys(keys[1], cfg.num_decoder_layers, 6))
+    x = _dropout(rms_norm(x, p["final_norm"], cfg.layer_norm_eps), cfg.dropout_rate, keys[2])
+    if cfg.tie_embeddings:
+        # A tied output embedding needs the d_model**-0.5 rescale (as in the original T5).
+        x = x * (cfg.d_model ** -0.5)
+        head = params["shared"].T
+    else:
+        head = params["lm_head"]
+    logits = jnp.einsum("btd,dv->btv", x, head.astype(x.dtype), preferred_element_type=jnp.float32)
+    return constrain(logits, ("batch", "length", "vocab"))
+
+
 # ----------------------------------------------------------------------------- modules
 
-class _Stack(nnx.Module):
-    """Shared pieces of a stack: relative position bias table and final norm."""
+class Encoder(nnx.Module):
+    """Parameters of the encoder stack (layers stacked on axis 0)."""
 
-    def _init_common(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        self.cfg = cfg
-        self.relative_bias = _param(rngs, (cfg.relative_buckets, cfg.num_heads), cfg.d_model ** -0.5,
-                                    ("relpos", "heads"))
-        self.final_norm = _norm(rngs, None, cfg.d_model)
-
-    def position_bias(self, query_len: int, key_len: int, bidirectional: bool, dtype) -> jax.Array:
-        """[1, heads, query_len, key_len], computed once per stack and shared by all its layers."""
-        buckets = relative_position_buckets(query_len, key_len, bidirectional, self.cfg.relative_buckets,
-                                            self.cfg.relative_max_distance)
-        table = self.relative_bias[...]
-        bias = jnp.take(table, jnp.asarray(buckets), axis=0)  # [T, S, H]
-        return jnp.transpose(bias, (2, 0, 1))[None].astype(dtype if dtype != jnp.float16 else jnp.float32)
-
-
-class Encoder(_Stack):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         layers = cfg.num_encoder_layers
         self.attn = Attention(cfg, layers, rngs)
         self.attn_norm = _norm(rngs, layers, cfg.d_model)
         self.mlp = Mlp(cfg, layers, rngs)
         self.mlp_norm = _norm(rngs, layers, cfg.d_model)
-        self._init_common(cfg, rngs)
-
-    def __call__(self, x, mask, dropout_key=None):
-        cfg = self.cfg
-        bias = self.position_bias(x.shape[1], x.shape[1], True, jnp.float32)
-        params = {name: _values(getattr(self, name)) for name in ("attn", "mlp")}
-        params |= {name: getattr(self, name)[...] for name in ("attn_norm", "mlp_norm")}
-        keys = _layer_keys(dropout_key, cfg.num_encoder_layers, 4)
-        x = _scan_layers(cfg, functools.partial(_encoder_layer, cfg, bias, mask), x, params, keys)
-        return rms_norm(x, self.final_norm[...], cfg.layer_norm_eps)
+        self.relative_bias = _relative_bias(cfg, rngs)
+        self.final_norm = _norm(rngs, None, cfg.d_model)
 
 
-class Decoder(_Stack):
+class Decoder(nnx.Module):
+    """Parameters of the decoder stack (layers stacked on axis 0)."""
+
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         layers = cfg.num_decoder_layers
         self.self_attn = Attention(cfg, layers, rngs)
@@ -371,17 +402,12 @@ class Decoder(_Stack):
         self.cross_attn_norm = _norm(rngs, layers, cfg.d_model)
         self.mlp = Mlp(cfg, layers, rngs)
         self.mlp_norm = _norm(rngs, layers, cfg.d_model)
-        self._init_common(cfg, rngs)
+        self.relative_bias = _relative_bias(cfg, rngs)
+        self.final_norm = _norm(rngs, None, cfg.d_model)
 
-    def __call__(self, x, encoded, enc_mask, dropout_key=None):
-        cfg = self.cfg
-        bias = self.position_bias(x.shape[1], x.shape[1], False, jnp.float32)
-        params = {name: _values(getattr(self, name)) for name in ("self_attn", "cross_attn", "mlp")}
-        params |= {name: getattr(self, name)[...] for name in ("self_attn_norm", "cross_attn_norm", "mlp_norm")}
-        keys = _layer_keys(dropout_key, cfg.num_decoder_layers, 6)
-        body = functools.partial(_decoder_layer, cfg, bias, encoded, enc_mask)
-        x = _scan_layers(cfg, body, x, params, keys)
-        return rms_norm(x, self.final_norm[...], cfg.layer_norm_eps)
+
+def _relative_bias(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Param:
+    return _param(rngs, (cfg.relative_buckets, cfg.num_heads), cfg.d_model ** -0.5, ("relpos", "heads"))
 
 
 class T5(nnx.Module):
@@ -397,39 +423,30 @@ class T5(nnx.Module):
         # Dropout draws from its own stream (falls back to `default` when not given one).
         self.rngs = nnx.Rngs(dropout=rngs.dropout())
 
-    def _dropout_keys(self, deterministic: bool, count: int):
+    def _dropout_keys(self, deterministic: bool):
         if deterministic or self.cfg.dropout_rate == 0.0:
-            return (None,) * count
-        return tuple(jax.random.split(self.rngs.dropout(), count))
+            return None
+        # Masks come from XLA's RngBitGenerator ('rbg'): far cheaper to compile and run than
+        # threefry for activation-sized draws; only the seed is drawn from the NNX stream.
+        seed = jax.random.bits(self.rngs.dropout(), (4,), jnp.uint32)
+        return tuple(jax.random.split(jax.random.wrap_key_data(seed, impl="rbg"), 3))
 
-    def _embed(self, tokens, key):
-        x = jnp.take(self.shared[...], tokens, axis=0).astype(self.cfg.compute_dtype)
-        x = constrain(x, ("batch", "length", "embed"))
-        return _dropout(x, self.cfg.dropout_rate, key)
+    def _params(self, *names) -> dict:
+        return {name: nnx.to_pure_dict(nnx.state(getattr(self, name), nnx.Param))
+                if isinstance(getattr(self, name), nnx.Module) else getattr(self, name)[...] for name in names}
 
     def encode(self, tokens, mask=None, deterministic: bool = True) -> jax.Array:
         """Encoder output [B, L, D] in the compute dtype; mask defaults to tokens != pad."""
         tokens = jnp.asarray(tokens)
         mask = tokens != self.cfg.pad_id if mask is None else jnp.asarray(mask, bool)
-        keys = self._dropout_keys(deterministic, 3)
-        x = self.encoder(self._embed(tokens, keys[0]), mask, keys[1])
-        return _dropout(x, self.cfg.dropout_rate, keys[2])
+        params = self._params("shared", "encoder")
+        return encode_tokens(self.cfg, params, tokens, mask, self._dropout_keys(deterministic))
 
     def decode(self, encoded, encoder_mask, decoder_inputs, deterministic: bool = True) -> jax.Array:
         """Logits float32 [B, Ld, V] for decoder inputs (targets shifted right, starting with pad)."""
-        cfg = self.cfg
-        keys = self._dropout_keys(deterministic, 3)
-        encoder_mask = jnp.asarray(encoder_mask, bool)
-        x = self.decoder(self._embed(jnp.asarray(decoder_inputs), keys[0]), encoded, encoder_mask, keys[1])
-        x = _dropout(x, cfg.dropout_rate, keys[2])
-        if cfg.tie_embeddings:
-            # Tied output embedding needs the d_model**-0.5 rescale (as in the original T5).
-            x = x * (cfg.d_model ** -0.5)
-            head = self.shared[...].T
-        else:
-            head = self.lm_head[...]
-        logits = jnp.einsum("btd,dv->btv", x, head.astype(x.dtype), preferred_element_type=jnp.float32)
-        return constrain(logits, ("batch", "length", "vocab"))
+        names = ("shared", "decoder") if self.cfg.tie_embeddings else ("shared", "decoder", "lm_head")
+        return decode_logits(self.cfg, self._params(*names), encoded, jnp.asarray(encoder_mask, bool),
+                             jnp.asarray(decoder_inputs), self._dropout_keys(deterministic))
 
     def __call__(self, encoder_tokens, decoder_inputs, encoder_mask=None, deterministic: bool = True):
         encoder_tokens = jnp.asarray(encoder_tokens)
