@@ -6,7 +6,7 @@ Parameters carry their logical axis names in the `logical_axes` metadata of thei
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
@@ -104,7 +104,7 @@ def state_shardings(tree, mesh, rules=RULES):
     return jax.tree.map(
         lambda v: v.replace(variable_sharding(v, mesh, rules)) if isinstance(v, nnx.Variable) else
         NamedSharding(mesh, PartitionSpec()),
-        nnx.state(tree) if isinstance(tree, nnx.Module) or isinstance(tree, nnx.Optimizer) else tree,
+        tree if isinstance(tree, nnx.State) else nnx.state(tree),
         is_leaf=lambda v: isinstance(v, nnx.Variable),
     )
 
@@ -115,6 +115,18 @@ def shard_model(module, mesh, rules=RULES):
     shardings = state_shardings(state, mesh, rules)
     nnx.update(module, jax.device_put(state, shardings))
     return module
+
+
+def init_sharded(make: Callable[[], Any], mesh, rules=RULES):
+    """Build `make()` (a model, or model + optimizer) directly into its shards on the mesh.
+
+    Nothing is materialised whole on one device, so models larger than one device's memory
+    can be created.
+    """
+    graphdef, abstract = nnx.split(nnx.eval_shape(make))
+    shardings = state_shardings(abstract, mesh, rules)
+    state = jax.jit(lambda: nnx.state(make()), out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
 
 
 def shard_batch(batch, mesh, rules=RULES):
