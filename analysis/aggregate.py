@@ -261,6 +261,15 @@ def variant_order(family: str) -> list[str] | None:
     return [str(v) for v in listed] if listed else None
 
 
+def short(text: str) -> str:
+    """A sampled parameter for a table cell: floats to 4 significant digits, anything else as it is."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return text if value.is_integer() else f"{value:.4g}"
+
+
 # ---- tables -----------------------------------------------------------------------------------------
 def fmt(value: float, signed: bool = False) -> str:
     if value is None or not math.isfinite(value):
@@ -453,7 +462,8 @@ def analyse_sweep(client, study_name: str, *, out_dir: str, storage: str | None 
     worse = math.inf if direction == "minimize" else -math.inf
     sign = 1 if direction == "minimize" else -1
     body.sort(key=lambda b: (sign * b[2] if math.isfinite(b[2]) else worse * sign, b[0]))
-    cells = [[str(b[0]), b[1], fmt(b[2]), ", ".join(f"{k}={v}" for k, v in sorted(b[3].items())), b[4]] for b in body]
+    cells = [[str(b[0]), b[1], fmt(b[2]), ", ".join(f"{k}={short(v)}" for k, v in sorted(b[3].items())), b[4]]
+             for b in body]
     notes = [f"objective: {metric} ({direction}); best first", f"MLflow parent run {parent.info.run_id}"]
     images = []
     study = load_study(study_name, storage or tags.get("optuna.storage"), notes)
