@@ -74,25 +74,49 @@ def _largest_fitting(lengths_fn, encoder_length: int, decoder_length: int, what:
 def _random_cuts(rng: np.random.Generator, items: np.ndarray, parts: np.ndarray) -> np.ndarray:
     """Cut positions of a uniformly random composition of `items[b]` into `parts[b]` positive parts.
 
-    A composition of n items into k parts is a uniform (k-1)-subset of the n-1 gaps between items:
-    the gaps with the k-1 smallest random keys. Keys are 48 random bits above 16 bits of gap position,
-    so one integer sort per batch orders them (ties need equal 48-bit draws: ~1e-9 per row at L=512).
+    A composition of n items into k parts is a uniform (k-1)-subset of the n-1 gaps between items.
     Returns int64 [B, max(parts)-1]: row b's cuts (a part ends after item `cut`) ascending, then padding.
     """
-    rows = len(items)
-    width = max(int(items.max()) - 1, 1)
+    gaps, picks = items - 1, parts - 1
+    most = max(int(picks.max()), 1)
+    if (4 * picks <= gaps).all():
+        return _sparse_subsets(rng, gaps, picks, most)
+    return _dense_subsets(rng, gaps, picks, most)
+
+
+def _dense_subsets(rng, gaps, picks, most):
+    """The gaps with the k-1 smallest random keys. Keys are 48 random bits above 16 bits of gap position,
+    so one integer sort per batch orders them (ties need equal 48-bit draws: ~1e-9 per row at L=512)."""
+    rows, width = len(gaps), max(int(gaps.max()), 1)
     keys = rng.bit_generator.random_raw((rows, width))
     keys <<= np.uint64(_POS_BITS)
     keys |= np.arange(width, dtype=np.uint64)
-    if (items - 1 < width).any():  # rows with fewer gaps: their absent gaps sort last
-        np.putmask(keys, np.arange(width)[None, :] >= (items - 1)[:, None], np.iinfo(np.uint64).max)
+    if (gaps < width).any():  # rows with fewer gaps: their absent gaps sort last
+        np.putmask(keys, np.arange(width)[None, :] >= gaps[:, None], np.iinfo(np.uint64).max)
     keys.sort(axis=1)
-    most = max(int(parts.max()) - 1, 1)
     cuts = (keys[:, :most] & _POS_MASK).astype(np.int64)
-    if (parts - 1 < most).any():
-        np.putmask(cuts, np.arange(most)[None, :] >= (parts - 1)[:, None], _FAR)
+    if (picks < most).any():
+        np.putmask(cuts, np.arange(most)[None, :] >= picks[:, None], _FAR)
     cuts.sort(axis=1)
     return cuts
+
+
+def _sparse_subsets(rng, gaps, picks, most):
+    """Few picks among many gaps: draw uniformly, redraw repeats until all are distinct.
+
+    The procedure treats every gap alike, so the final set is a uniform subset; with at most a
+    quarter of the gaps picked it settles in a few rounds and never touches every gap.
+    """
+    rows = len(gaps)
+    cuts = rng.integers(0, np.maximum(gaps, 1)[:, None], size=(rows, most))
+    np.putmask(cuts, np.arange(most)[None, :] >= picks[:, None], _FAR)
+    while True:
+        cuts.sort(axis=1)
+        repeat = np.zeros(cuts.shape, bool)
+        repeat[:, 1:] = (cuts[:, 1:] == cuts[:, :-1]) & (cuts[:, 1:] != _FAR)
+        if not repeat.any():
+            return cuts
+        cuts[repeat] = rng.integers(0, gaps[np.nonzero(repeat)[0]])
 
 
 def _segment_starts(cuts: np.ndarray, total: np.ndarray, spans: np.ndarray) -> np.ndarray:

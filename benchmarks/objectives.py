@@ -79,16 +79,19 @@ class PeerT5MLMCollator:
         return np.equal(np.cumsum(indicator) % 2, 1)
 
 
-def examples_per_second(step, batch_size: int, min_seconds: float) -> float:
-    """Best of five timed rounds, each repeating `step` for at least min_seconds."""
-    step()  # warm caches
-    best = 0.0
-    for _ in range(5):
-        calls, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < min_seconds:
-            step()
-            calls += 1
-        best = max(best, calls * batch_size / elapsed)
+def best_rates(steps: dict, batch_size: int, rounds: int, min_seconds: float) -> dict:
+    """Examples/s of each step: best of `rounds` timed rounds, the sides taking turns so that both
+    see the same background load (this machine is shared)."""
+    for step in steps.values():
+        step()  # warm caches
+    best = dict.fromkeys(steps, 0.0)
+    for _ in range(rounds):
+        for name, step in steps.items():
+            calls, start = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < min_seconds:
+                step()
+                calls += 1
+            best[name] = max(best[name], calls * batch_size / elapsed)
     return best
 
 
@@ -98,7 +101,8 @@ def main(argv=None) -> None:
     parser.add_argument("--noise_density", type=float, default=0.15)
     parser.add_argument("--mean_span_length", type=float, default=3.0)
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=1.0, help="per timed round (five rounds per side)")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=0.5, help="per timed round and side")
     args = parser.parse_args(argv)
 
     tokenizer = Tokenizer.default()
@@ -109,9 +113,9 @@ def main(argv=None) -> None:
     enc, dec = (int(x) for x in ours.lengths(args.length, tokenizer.num_sentinels))
     peer = PeerT5MLMCollator(len(tokenizer), tokenizer.eos_id, args.noise_density, args.mean_span_length, rng)
 
-    ours_rate = examples_per_second(lambda: ours.apply(tokens, lengths, rng, tokenizer, enc, dec),
-                                    args.batch_size, args.seconds)
-    peer_rate = examples_per_second(lambda: peer(tokens), args.batch_size, args.seconds)
+    rates = best_rates({"ours": lambda: ours.apply(tokens, lengths, rng, tokenizer, enc, dec),
+                        "peer": lambda: peer(tokens)}, args.batch_size, args.rounds, args.seconds)
+    ours_rate, peer_rate = rates["ours"], rates["peer"]
     print(f"span corruption, L={args.length} r={args.noise_density} mu={args.mean_span_length} "
           f"batch={args.batch_size}, one thread, numpy {np.__version__}")
     print(f"  peer  HF FlaxDataCollatorForT5MLM (re-implemented): {peer_rate:12,.0f} examples/s")

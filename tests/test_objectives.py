@@ -1,4 +1,5 @@
 """Objectives: exact round trips, T5's lengths and span statistics, determinism, mixtures."""
+import collections
 import math
 
 import numpy as np
@@ -143,6 +144,26 @@ def test_span_lengths_are_uniform_compositions():
                              for j in range(n + 1)])
         assert np.abs(frequency[:n + 1] - expected).max() < 0.01
         assert abs(np.mean(observed) - n / k) < 1e-9  # every composition sums to n
+
+
+@pytest.mark.parametrize("length, density, mean_span, parts", [
+    (30, 0.3, 3.0, 3),  # 9 noise residues in 3 spans, 21 others in 3 runs: few cuts among many gaps
+    (20, 0.5, 2.0, 5),  # 10 and 10 in 5 parts each: many cuts among few gaps
+])
+def test_every_composition_is_equally_likely(length, density, mean_span, parts):
+    rng = np.random.default_rng(15)
+    tokens, lengths = random_batch(rng, 30000, length, length)
+    inputs, targets = SpanCorruption(density, mean_span).apply(tokens, lengths, rng, TOKENIZER, 40, 40)
+    noise = round(length * density)
+    for runs, total in ((
+            [tuple(runs_between_sentinels(split_row(t), True)) for t in targets], noise),
+            ([tuple(runs_between_sentinels(split_row(i)[1:], False)) for i in inputs], length - noise)):
+        outcomes = math.comb(total - 1, parts - 1)
+        counts = np.array(list(collections.Counter(runs).values()))
+        assert len(counts) == outcomes and all(len(r) == parts and sum(r) == total for r in set(runs))
+        expected = len(runs) / outcomes
+        chi2 = ((counts - expected) ** 2 / expected).sum()
+        assert chi2 < outcomes + 6 * math.sqrt(2 * outcomes)  # mean df, sd sqrt(2 df)
 
 
 def test_same_generator_state_gives_same_corruption_and_another_differs():
