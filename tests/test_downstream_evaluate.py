@@ -84,7 +84,8 @@ def test_random_control_needs_an_encoder():
 
 def test_probe_keeps_the_best_validation_epoch():
     rng = np.random.default_rng(0)
-    emb = [rng.normal(size=(20, 8)).astype(np.float32) for _ in range(8)]
+    # The e2e fixture's width and bucket: the compiled regression step is reused.
+    emb = [rng.normal(size=(20, embed.ONEHOT_DIM)).astype(np.float32) for _ in range(8)]
     split = probe.ProbeSplit(emb, [float(x[:, 0].mean()) for x in emb])
     calls = iter([0.1, 0.9, 0.3] + [0.5] * 10)  # epoch 2 wins on validation
 
@@ -92,7 +93,7 @@ def test_probe_keeps_the_best_validation_epoch():
         return {"r": next(calls) if name == "valid" else 0.0}
 
     result = probe.train_probe("regression", {"train": split, "valid": split, "test": split}, score, "r",
-                               probe.ProbeConfig(epochs=3, length_multiple=32), seed=0)
+                               probe.ProbeConfig(epochs=3, length_multiple=64), seed=0)
     assert result.best_epoch == 2
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     assert set(result.predictions) == {"valid", "test"} and len(result.predictions["test"]) == 8

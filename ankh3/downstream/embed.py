@@ -6,13 +6,16 @@ the same path so every probe number has a baseline beside it.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import time
 from collections.abc import Callable, Sequence
 
+import jax
 import numpy as np
+from flax import nnx
 
 from ankh3.tokenizer import RESIDUES, Tokenizer
 
@@ -120,25 +123,21 @@ def make_model_encode_fn(model) -> EncodeFn:
     """A jitted `encode_fn` for an NNX model with `.encode(tokens, mask)`.
 
     The parameters are passed as an argument rather than captured, so XLA does not fold a
-    copy of the weights into each compiled bucket shape.
+    copy of the weights into each compiled bucket shape, and models of one shape (a checkpoint
+    and its random control) share the compiled programs.
     """
-    import jax
-    from flax import nnx
-
     graphdef, state = nnx.split(model)
+    return lambda tokens, mask: _encode(state, tokens, mask, graphdef=graphdef)
 
-    @jax.jit
-    def encode(state, tokens, mask):
-        return nnx.merge(graphdef, state).encode(tokens, mask, deterministic=True)
 
-    return lambda tokens, mask: encode(state, tokens, mask)
+@functools.partial(jax.jit, static_argnames="graphdef")
+def _encode(state, tokens, mask, *, graphdef):
+    return nnx.merge(graphdef, state).encode(tokens, mask, deterministic=True)
 
 
 def make_random_encode_fn(cfg, seed: int = 0) -> EncodeFn:
     """The control encoder: a freshly initialised T5 of the same shape as the model under test."""
-    from flax import nnx
-
-    from ankh3.model import T5
+    from ankh3.model import T5  # imported here: embeddings of foreign encoders need no T5
 
     return make_model_encode_fn(T5(cfg, rngs=nnx.Rngs(seed)))
 

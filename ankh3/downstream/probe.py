@@ -192,6 +192,8 @@ def train_probe(kind: str, splits: dict[str, ProbeSplit], score: Callable[[str, 
 
     `score(split_name, predictions)` returns that split's metrics; `splits` needs 'train' and
     'valid'. Seeds fix the head's initialisation, dropout and batch order."""
+    if cfg.epochs < 1:
+        raise ProbeError(f"probe: epochs must be >= 1, got {cfg.epochs}")
     for name in ("train", "valid"):
         if not len(splits.get(name, ())):
             raise ProbeError(f"probe: split {name!r} is missing or empty")
@@ -213,9 +215,10 @@ def train_probe(kind: str, splits: dict[str, ProbeSplit], score: Callable[[str, 
             key, sub = jax.random.split(key)
             params, opt_state, loss = _train_step(params, other, opt_state, batch, sub, graphdef=graphdef, kind=kind,
                                                   lr=cfg.lr, weight_decay=cfg.weight_decay)
-            losses.append(float(loss))
+            losses.append(loss)  # kept on device: a float() per step would stall the accelerator
         value = float(score("valid", predict_split(head, params, splits["valid"], kind, cfg))[select])
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), f"valid_{select}": value})
+        train_loss = float(np.mean(jax.device_get(losses)))
+        history.append({"epoch": epoch, "train_loss": train_loss, f"valid_{select}": value})
         # A NaN score (e.g. constant predictions) never wins; lower-is-better metrics are negated.
         ranked = (value if higher_is_better else -value) if np.isfinite(value) else -np.inf
         if epoch == 1 or ranked > best[0]:
