@@ -107,3 +107,17 @@ def test_contact_loss_ignores_near_diagonal_unknown_and_padded_pairs():
     i, j = np.nonzero(counted[0])
     assert (np.abs(i - j) >= probe.MIN_CONTACT_SEPARATION).all()
     assert counted[0, 0, 6] and not counted[0, 0, 5] and not counted[0, 0, 7] and not counted[0, 1, 7]
+
+
+def test_training_crops_long_chains_and_their_contact_maps_alike():
+    rng = np.random.default_rng(0)
+    emb = [np.arange(n, dtype=np.float32)[:, None].repeat(4, 1) for n in (10, 30)]
+    maps = [np.add.outer(np.arange(n), np.arange(n)).astype(np.int8) % 2 for n in (10, 30)]
+    cfg = probe.ProbeConfig(batch_size=2, length_multiple=16, max_train_length=12)
+    (_, batch), = probe.iterate_batches(probe.ProbeSplit(emb, maps), "contact", cfg, rng)
+    assert batch["x"].shape == (2, 16, 4) and batch["mask"].sum(1).tolist() in ([10, 12], [12, 10])
+    row = int(np.argmax(batch["mask"].sum(1)))
+    start = int(batch["x"][row, 0, 0])  # residue index of the window's first row
+    np.testing.assert_array_equal(batch["y"][row, :12, :12], maps[1][start:start + 12, start:start + 12])
+    (_, whole), = probe.iterate_batches(probe.ProbeSplit(emb, maps), "contact", cfg, rng=None)
+    assert whole["x"].shape[1] == 32  # evaluation sees whole chains

@@ -34,6 +34,9 @@ class ProbeConfig:
     weight_decay: float = 1e-4
     batch_size: int = 16
     length_multiple: int = 64  # bucket granularity of padded lengths
+    # Training chains longer than this are randomly cropped (per-residue and contact tasks only;
+    # 0 = never). Bounds the contact head's B*L*L*p memory on long chains; evaluation never crops.
+    max_train_length: int = 0
     head: HeadConfig = HeadConfig()
 
     def to_dict(self) -> dict:
@@ -91,11 +94,32 @@ def make_batch(split: ProbeSplit, rows: Sequence[int], kind: str, batch_size: in
 
 
 def iterate_batches(split: ProbeSplit, kind: str, cfg: ProbeConfig, rng: np.random.Generator | None):
-    """Shuffled batches when `rng` is given (training), else in order (evaluation)."""
+    """Shuffled (and, with max_train_length, cropped) batches when `rng` is given (training),
+    else every example whole and in order (evaluation)."""
     order = rng.permutation(len(split)) if rng is not None else np.arange(len(split))
     for start in range(0, len(split), cfg.batch_size):
         rows = order[start:start + cfg.batch_size].tolist()
-        yield rows, make_batch(split, rows, kind, cfg.batch_size, cfg.length_multiple)
+        if rng is not None and cfg.max_train_length and kind != "regression":
+            cropped = crop_examples(split, rows, kind, cfg.max_train_length, rng)
+            yield rows, make_batch(cropped, list(range(len(rows))), kind, cfg.batch_size, cfg.length_multiple)
+        else:
+            yield rows, make_batch(split, rows, kind, cfg.batch_size, cfg.length_multiple)
+
+
+def crop_examples(split: ProbeSplit, rows: Sequence[int], kind: str, max_length: int,
+                  rng: np.random.Generator) -> ProbeSplit:
+    """A random window of at most `max_length` residues of each row, targets cropped alike."""
+    embeddings, targets = [], []
+    for i in rows:
+        emb, target = split.embeddings[i], split.targets[i]
+        if len(emb) > max_length:
+            s = int(rng.integers(0, len(emb) - max_length + 1))
+            emb = emb[s:s + max_length]
+            target = target[s:s + max_length] if kind == "residue_classification" else \
+                target[s:s + max_length, s:s + max_length]
+        embeddings.append(emb)
+        targets.append(target)
+    return ProbeSplit(embeddings, targets)
 
 
 # ---- losses ---------------------------------------------------------------------------
