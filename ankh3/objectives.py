@@ -294,7 +294,8 @@ class Completion:
     def __post_init__(self):
         bounds = _as_choices(self.fraction, "Completion.fraction")
         if len(bounds) > 2 or not all(0.0 < f < 1.0 for f in bounds) or bounds[0] > bounds[-1]:
-            raise ObjectiveError(f"Completion.fraction must be f or (lo, hi) with 0 < lo <= hi < 1, got {self.fraction}")
+            raise ObjectiveError(
+                f"Completion.fraction must be f or (lo, hi) with 0 < lo <= hi < 1, got {self.fraction}")
         object.__setattr__(self, "_bounds", (bounds[0], bounds[-1]))
 
     @property
@@ -302,9 +303,11 @@ class Completion:
         return self.name or _task_name(self.task_token)
 
     def lengths(self, num_residues, num_sentinels: int = 0, fraction: float | None = None):
+        """(inputs, targets) lengths at one fraction (default: the lower bound)."""
         return completion_lengths(num_residues, self._bounds[0] if fraction is None else fraction)
 
     def max_residues(self, encoder_length: int, decoder_length: int, num_sentinels: int = 0) -> int:
+        """Longest raw length whose inputs and targets fit (Le, Ld) at any fraction in the range."""
         lo, hi = self._bounds
 
         def worst(candidates):  # the encoder is longest at lo, the decoder at hi
@@ -313,6 +316,7 @@ class Completion:
 
     def apply(self, tokens: np.ndarray, lengths: np.ndarray, rng: np.random.Generator, tokenizer: Tokens,
               encoder_length: int, decoder_length: int):
+        """Splits every row of tokens int32 [B, W] (lengths[b] residues each) -> (inputs, targets)."""
         lengths = _check_rows(tokens, lengths, f"Completion({self.task_name})")
         lo, hi = self._bounds
         fraction = lo if lo == hi else rng.uniform(lo, hi, size=len(lengths))

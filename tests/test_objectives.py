@@ -90,7 +90,8 @@ def test_single_sequence_call_matches_the_t5_counts_and_starts_with_non_noise():
         spans = min(spans, length - noise)
         assert len(targets) == noise + spans + 1 and len(inputs) == length - noise + spans + 2
         # T5 interleaves non-noise first and ends on a noise span
-        assert inputs[1] in RESIDUE_IDS and inputs[-2] in TOKENIZER.sentinel_ids and targets[0] == TOKENIZER.sentinel_ids[0]
+        assert inputs[1] in RESIDUE_IDS and inputs[-2] in TOKENIZER.sentinel_ids
+        assert targets[0] == TOKENIZER.sentinel_ids[0]
         np.testing.assert_array_equal(rebuild_span_corruption(np.append(inputs, 0), np.append(targets, 0))[0], sequence)
 
 

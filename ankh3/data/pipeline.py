@@ -102,6 +102,8 @@ class _ObjectiveBatches(grain.IterDataset):
 
 
 class _ObjectiveBatchIterator(grain.DatasetIterator):
+    """State: the record iterator's and the batch counter (which seeds each batch's generator)."""
+
     def __init__(self, parent: grain.DatasetIterator, plan: _BatchPlan):
         super().__init__(parent)
         self._plan = plan
@@ -179,8 +181,8 @@ class BatchIterator(grain.DatasetIterator):
 def _check_settings(batch_size, encoder_length, decoder_length, seed, crop, min_residues, on_invalid,
                     process_index, process_count, num_epochs):
     if batch_size < 1 or encoder_length < 3 or decoder_length < 2:
-        raise PipelineError(f"batch_size={batch_size}, encoder_length={encoder_length}, decoder_length={decoder_length}:"
-                            " need batch_size >= 1, encoder_length >= 3, decoder_length >= 2")
+        raise PipelineError(f"batch_size={batch_size}, encoder_length={encoder_length}, "
+                            f"decoder_length={decoder_length}: need at least 1, 3 and 2")
     if not 0 <= seed < 2**32:
         raise PipelineError(f"seed={seed} must lie in [0, 2**32) (Grain's shuffle takes 32-bit seeds)")
     if crop not in CROPS:
