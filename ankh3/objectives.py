@@ -108,7 +108,7 @@ def _sparse_subsets(rng, gaps, picks, most):
     quarter of the gaps picked it settles in a few rounds and never touches every gap.
     """
     rows = len(gaps)
-    cuts = rng.integers(0, np.maximum(gaps, 1)[:, None], size=(rows, most))
+    cuts = _uniform_below(rng, gaps[:, None], (rows, most))
     np.putmask(cuts, np.arange(most)[None, :] >= picks[:, None], _FAR)
     while True:
         cuts.sort(axis=1)
@@ -116,7 +116,14 @@ def _sparse_subsets(rng, gaps, picks, most):
         repeat[:, 1:] = (cuts[:, 1:] == cuts[:, :-1]) & (cuts[:, 1:] != _FAR)
         if not repeat.any():
             return cuts
-        cuts[repeat] = rng.integers(0, gaps[np.nonzero(repeat)[0]])
+        redraw = gaps[np.nonzero(repeat)[0]]
+        cuts[repeat] = _uniform_below(rng, redraw, redraw.shape)
+
+
+def _uniform_below(rng, bounds, shape):
+    """int64 uniform in [0, bound): floor(u * bound) with 53-bit u (bias < 1e-11 for bounds < 65,536);
+    5x faster than Generator.integers with array bounds."""
+    return (rng.random(shape) * bounds).astype(np.int64)
 
 
 def _segment_starts(cuts: np.ndarray, total: np.ndarray, spans: np.ndarray) -> np.ndarray:
@@ -174,6 +181,9 @@ def _check_rows(tokens: np.ndarray, lengths, what: str) -> np.ndarray:
         raise ObjectiveError(f"{what}: tokens {tokens.shape} do not hold {len(lengths)} rows of the given lengths")
     if (lengths < 2).any():
         raise ObjectiveError(f"{what} needs sequences of at least 2 residues; set min_residues >= 2")
+    if (lengths >= 1 << _POS_BITS).any():
+        raise ObjectiveError(f"{what}: sequences of {int(lengths.max())} residues exceed the {(1 << _POS_BITS) - 1} "
+                             "supported; crop them first")
     return lengths
 
 
@@ -249,7 +259,8 @@ class SpanCorruption:
         span = np.arange(noise_at.shape[1] - 1)
         live = span < spans[:, None]
         labels = sentinels[np.minimum(span, len(sentinels) - 1)]
-        flat = np.append(tokens.reshape(-1), 0).astype(np.int32, copy=False)
+        flat = np.zeros(tokens.size + 1, np.int32)  # the tokens, then a 0 that slots past the end read
+        flat[:-1] = tokens.reshape(-1)
         row_length = tokens.shape[1]
         # inputs: task, then per span its non-noise part and its sentinel (at 1 + a_{s+1} + s);
         # a residue in non-noise part s moves left by the noise before it and right by s sentinels
