@@ -272,6 +272,14 @@ class Outcome:
     run_id: str | None = None
 
 
+def cache_env(directory: str | None) -> dict:
+    """Environment for a shared JAX compilation cache: the runs of a matrix or sweep mostly share shapes,
+    so every process after the first skips most compiling. An existing JAX_COMPILATION_CACHE_DIR wins."""
+    if not directory or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return {}
+    return {"JAX_COMPILATION_CACHE_DIR": os.path.abspath(directory)}
+
+
 def start_process(job: Job, env: dict | None = None) -> subprocess.Popen:
     """launch/run.py for the job in its own process; stdout and stderr go to WORKDIR/launch.log."""
     os.makedirs(job.workdir, exist_ok=True)
@@ -298,9 +306,9 @@ def failure_reason(job: Job, returncode: int) -> str:
     return f"exit status {returncode}: {tail[-1].strip()[:300] if tail else 'no output'}"
 
 
-def run_job(job: Job) -> Outcome:
+def run_job(job: Job, env: dict | None = None) -> Outcome:
     start = time.monotonic()
-    proc = start_process(job)
+    proc = start_process(job, env)
     returncode = proc.wait()
     seconds = time.monotonic() - start
     if returncode == 0:
@@ -308,8 +316,8 @@ def run_job(job: Job) -> Outcome:
     return Outcome(job, "failed", seconds, failure_reason(job, returncode))
 
 
-def run_grid(jobs: list[Job], parallel: int = 1, out=sys.stdout) -> list[Outcome]:
-    """Skips finished jobs, then runs the rest, `parallel` processes at a time."""
+def run_grid(jobs: list[Job], parallel: int = 1, out=sys.stdout, env: dict | None = None) -> list[Outcome]:
+    """Skips finished jobs, then runs the rest, `parallel` processes at a time (with `env` added)."""
     from mlflow import MlflowClient
 
     outcomes, todo = [], []
@@ -324,7 +332,7 @@ def run_grid(jobs: list[Job], parallel: int = 1, out=sys.stdout) -> list[Outcome
         job_run = open_run(job)
         print(f"start {job.family} {job.variant} seed {job.seed} -> {job.workdir} (run {job_run})", file=out, flush=True)
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        for outcome in pool.map(run_job, todo):
+        for outcome in pool.map(lambda j: run_job(j, env), todo):
             outcomes.append(outcome)
             job = outcome.job
             if outcome.status == "finished":
@@ -359,6 +367,8 @@ def define_flags(flags) -> None:
     flags.DEFINE_enum("mode", "all", ("all", "pretrain"), "what each run does (launch/run.py --mode)")
     flags.DEFINE_string("tracking_uri", None, "MLflow store (default: config, MLFLOW_TRACKING_URI, sqlite:///mlflow.db)")
     flags.DEFINE_string("workdir_root", None, "where run workdirs go (default: runs/)")
+    flags.DEFINE_string("compile_cache", os.path.join(ROOT, "runs", "jax_cache"),
+                        "JAX compilation cache shared by the runs ('' = none; JAX_COMPILATION_CACHE_DIR wins)")
     flags.DEFINE_bool("dry_run", False, "list the jobs, their workdirs and whether they would be skipped; then exit")
 
 
@@ -393,7 +403,7 @@ def main() -> None:
                 done = find_finished(MlflowClient(tracking_uri=job.uri), job)
                 print(f"{'skip' if done else 'run '}  {job.variant} seed {job.seed} hash {job.config_hash} {job.workdir}")
             return
-        outcomes = run_grid(jobs, F.jobs)
+        outcomes = run_grid(jobs, F.jobs, env=cache_env(F.compile_cache))
     except GridError as e:
         fail(str(e))
     print(summarize(outcomes), flush=True)

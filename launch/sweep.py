@@ -34,8 +34,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from launch.grid import (GridError, fail, failure_reason, load_module, make_job, open_run,  # noqa: E402
-                         split_overrides, split_spec, start_process)
+from launch.grid import (GridError, cache_env, fail, failure_reason, load_module, make_job,  # noqa: E402
+                         open_run, split_overrides, split_spec, start_process)
 
 PARENT_TAG = "mlflow.parentRunId"
 PRUNERS = ("median", "halving", "none")
@@ -129,6 +129,7 @@ class SweepContext:
     workdir_root: str
     mode: str
     seed: int
+    env: dict = dataclasses.field(default_factory=dict)  # added to each trial's environment
 
 
 def objective_value(client, run_id: str, metric: str) -> float | None:
@@ -222,7 +223,7 @@ def run_trial(trial, ctx: SweepContext, client_box: dict) -> float:
     params = [Param("optuna.trial_number", str(trial.number))]
     params += [Param(f"optuna.params.{k}", str(v)) for k, v in trial.params.items()]
     client.log_batch(run_id, params=params)
-    returncode = watch(start_process(job), trial, ctx, job.workdir)
+    returncode = watch(start_process(job, ctx.env), trial, ctx, job.workdir)
     if returncode != 0:
         raise TrialFailed(failure_reason(job, returncode))
     value = objective_value(client, run_id, ctx.spec.metric)
@@ -351,7 +352,7 @@ def shares(total: int | None, workers: int) -> list[int | None]:
 
 def spawn_workers(argv: list[str], counts: list[int | None]) -> list[int]:
     """Runs this command once per worker (--workers=1 --worker, its share of --n_trials); their exit codes."""
-    base = [a for a in argv[1:] if not a.startswith(("--workers=", "--n_trials=", "--worker"))]
+    base = [a for a in argv[1:] if a not in ("--worker", "--noworker") and not a.startswith(("--workers=", "--n_trials="))]
     procs = []
     for count in counts:
         if count == 0:
@@ -401,6 +402,8 @@ def define_flags(flags) -> None:
     flags.DEFINE_integer("seed", 0, "config.seed of every trial")
     flags.DEFINE_string("tracking_uri", None, "MLflow store (default: config, MLFLOW_TRACKING_URI, sqlite:///mlflow.db)")
     flags.DEFINE_string("workdir_root", None, "trial workdirs go to ROOT/sweeps/STUDY/ (default: runs/)")
+    flags.DEFINE_string("compile_cache", os.path.join(ROOT, "runs", "jax_cache"),
+                        "JAX compilation cache shared by the trials ('' = none; JAX_COMPILATION_CACHE_DIR wins)")
     flags.DEFINE_bool("worker", False, "internal: this process is one of --workers")
 
 
@@ -432,7 +435,7 @@ def main() -> None:
         storage_url = F.storage or default_storage()
         study = open_study(F.study, storage_url, spec)
         parent = open_parent_run(study, spec, probe.uri, probe.experiment, storage_url, probe.family)
-        ctx = SweepContext(spec, F.study, parent, probe.uri, overrides, root, mode, F.seed)
+        ctx = SweepContext(spec, F.study, parent, probe.uri, overrides, root, mode, F.seed, cache_env(F.compile_cache))
         if F.workers > 1:
             codes = spawn_workers(sys.argv, shares(F.n_trials, F.workers))
             if any(codes):
