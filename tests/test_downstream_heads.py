@@ -92,10 +92,12 @@ def test_dropout_is_active_only_with_a_key():
     assert not np.allclose(head(x, mask, jax.random.key(1)), head(x, mask))
 
 
-def test_contact_logits_are_symmetric():
-    head = ContactPredictor(DIM, HeadConfig(pair_dim=8), rngs=nnx.Rngs(1))
+@pytest.mark.parametrize("pair_dim", [8, 0])
+def test_contact_logits_are_symmetric(pair_dim):
+    head = ContactPredictor(DIM, HeadConfig(pair_dim=pair_dim), rngs=nnx.Rngs(1))
     x, mask = _inputs()
     logits = np.asarray(head(x, mask))
+    assert logits.shape == (2, 10, 10)
     np.testing.assert_allclose(logits, np.swapaxes(logits, 1, 2), atol=1e-6)
 
 

@@ -31,7 +31,7 @@ class HeadConfig:
     intermediate_ratio: float = 0.5  # intermediate size = embedding size * ratio
     dropout: float = 0.2
     pooling: str = "mean"  # 'mean' | 'max' for the regression head
-    pair_dim: int = 64  # residue projection before pair features (keeps B*L*L*p in memory)
+    pair_dim: int = 32  # width of the |difference| pair feature (B*L*L*p floats); 0 = product only
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -146,23 +146,27 @@ class SequenceRegressor(nnx.Module):
 
 
 class ContactPredictor(nnx.Module):
-    """ConvBERT -> pair features (z_i * z_j, |z_i - z_j|) -> linear -> symmetric logits [B, L, L].
+    """ConvBERT -> pair features -> linear -> symmetric logits [B, L, L].
 
-    The absolute difference replaces the signed h_i - h_j: a linear map of a signed
-    difference is antisymmetric and would cancel exactly under symmetrisation.
+    logit_ij = w . (h_i * h_j) + v . |P h_i - P h_j| + b. The product term is the issue's
+    (h_i * h_j) feature on the full width, computed as a bilinear form without materialising
+    [B, L, L, D]. The signed h_i - h_j is replaced by |P h_i - P h_j| on a `pair_dim`
+    projection (0 disables it): a linear map of a signed difference is antisymmetric and
+    cancels exactly under symmetrisation, and the projection bounds the [B, L, L, p] tensor.
     """
 
     def __init__(self, dim: int, cfg: HeadConfig = HeadConfig(), *, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(0.02)
         self.body = ConvBertLayer(dim, cfg, rngs=rngs)
-        self.project = _linear(dim, cfg.pair_dim, rngs)
-        self.product_weight = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (cfg.pair_dim,)))
-        self.diff_weight = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (cfg.pair_dim,)))
+        self.product_weight = nnx.Param(init(rngs.params(), (dim,)))
+        self.project = _linear(dim, cfg.pair_dim, rngs) if cfg.pair_dim else None
+        self.diff_weight = nnx.Param(init(rngs.params(), (cfg.pair_dim,))) if cfg.pair_dim else None
         self.bias = nnx.Param(jnp.zeros(()))
 
     def __call__(self, x, mask, key=None):
-        z = self.project(self.body(x, mask, key))
-        # The product term is bilinear, so it is computed without materialising [B, L, L, p].
-        product = jnp.einsum("bip,bjp,p->bij", z, z, self.product_weight[...])
-        diff = jnp.einsum("bijp,p->bij", jnp.abs(z[:, :, None] - z[:, None]), self.diff_weight[...])
-        logits = product + diff + self.bias[...]
+        h = self.body(x, mask, key)
+        logits = jnp.einsum("bid,bjd,d->bij", h, h, self.product_weight[...]) + self.bias[...]
+        if self.project is not None:
+            z = self.project(h)
+            logits = logits + jnp.einsum("bijp,p->bij", jnp.abs(z[:, :, None] - z[:, None]), self.diff_weight[...])
         return 0.5 * (logits + jnp.swapaxes(logits, 1, 2))
