@@ -50,7 +50,7 @@ class ModelConfig:
     tie_embeddings: bool = False
     dtype: str = "float32"  # compute dtype; parameters stay float32
     remat: str = "none"  # none | full | dots
-    attention: str = "xla"  # xla | cudnn | einsum
+    attention: str = "einsum"  # einsum (custom backward; fastest on CPU) | xla | cudnn (GPU)
     scan_unroll: int = 1
     pad_id: int = 0
 
@@ -225,8 +225,10 @@ def _attend(cfg: ModelConfig, q, k, v, bias, key_mask, causal: bool, dropout_key
     """softmax(q k^T + bias + masks) v without scaling; q [B,T,N,K], k/v [B,S,N,K], bias [1,N,T,S]|None."""
     mask = None if key_mask is None else key_mask[:, None, None, :]
     use_dropout = dropout_key is not None and cfg.dropout_rate > 0.0
-    if cfg.attention == "einsum" or use_dropout:
-        return _attend_einsum(q, k, v, bias, mask, causal, cfg.dropout_rate if use_dropout else 0.0, dropout_key)
+    if use_dropout:
+        return _attend_einsum(q, k, v, bias, mask, causal, cfg.dropout_rate, dropout_key)
+    if cfg.attention == "einsum":
+        return attention_core(causal, q, k, v, bias, mask)
     if cfg.attention == "cudnn":
         # cuDNN takes padding as lengths; the pipeline pads at the end, so the mask is a prefix.
         lengths = None if key_mask is None else jnp.sum(key_mask, axis=-1, dtype=jnp.int32)
@@ -238,17 +240,59 @@ def _attend(cfg: ModelConfig, q, k, v, bias, key_mask, causal: bool, dropout_key
 
 
 def _attend_einsum(q, k, v, bias, mask, causal, rate, key):
+    """Attention with dropout on the probabilities (as HF T5), differentiated by JAX."""
+    probs = jax.nn.softmax(_masked_logits(q, k, bias, mask, causal), axis=-1)
+    probs = _dropout(probs, rate, key).astype(v.dtype)
+    return jnp.einsum("bnts,bsnk->btnk", probs, v)
+
+
+def _masked_logits(q, k, bias, mask, causal):
     logits = jnp.einsum("btnk,bsnk->bnts", q, k, preferred_element_type=jnp.float32)
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
     if causal:
         t, s = logits.shape[-2:]
-        mask = jnp.tril(jnp.ones((t, s), bool)) if mask is None else mask & jnp.tril(jnp.ones((t, s), bool))
-    if mask is not None:
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
-    probs = _dropout(probs, rate, key).astype(v.dtype)
-    return jnp.einsum("bnts,bsnk->btnk", probs, v)
+        tril = jnp.tril(jnp.ones((t, s), bool))
+        mask = tril if mask is None else mask & tril
+    return logits if mask is None else jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def attention_core(causal: bool, q, k, v, bias, mask):
+    """softmax(q k^T + bias, masked) v, unscaled, with a hand-written backward pass.
+
+    The backward saves the probabilities, uses the output to form the softmax correction
+    (delta = sum(dout * out)) and sums the bias gradient over the batch with a matmul:
+    XLA:CPU's own derivative of this spends most of its time in strided reductions and copies.
+    bias: [1, N, T, S] float32 or None; mask: bool broadcastable to [B, N, T, S] or None.
+    """
+    return _attention_core_fwd(causal, q, k, v, bias, mask)[0]
+
+
+def _attention_core_fwd(causal, q, k, v, bias, mask):
+    probs = jax.nn.softmax(_masked_logits(q, k, bias, mask, causal), axis=-1).astype(v.dtype)
+    out = jnp.einsum("bnts,bsnk->btnk", probs, v)
+    return out, (q, k, v, bias, mask, probs, out)
+
+
+def _attention_core_bwd(causal, residuals, d_out):
+    q, k, v, bias, mask, probs, out = residuals
+    d_v = jnp.einsum("bnts,btnk->bsnk", probs, d_out)
+    d_probs = jnp.einsum("btnk,bsnk->bnts", d_out, v, preferred_element_type=jnp.float32)
+    delta = jnp.einsum("btnk,btnk->bnt", d_out.astype(jnp.float32), out.astype(jnp.float32))
+    d_logits = probs.astype(jnp.float32) * (d_probs - delta[..., None])
+    d_bias = None
+    if bias is not None:
+        ones = jnp.ones((d_logits.shape[0],), jnp.float32)
+        d_bias = jnp.einsum("b,bnts->nts", ones, d_logits)[None].astype(bias.dtype)
+    d_logits = d_logits.astype(q.dtype)
+    d_q = jnp.einsum("bnts,bsnk->btnk", d_logits, k)
+    d_k = jnp.einsum("bnts,btnk->bsnk", d_logits, q)
+    d_mask = None if mask is None else np.zeros(mask.shape, jax.dtypes.float0)
+    return d_q, d_k, d_v, d_bias, d_mask
+
+
+attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
 
 
 def _attention_block(cfg, p, x, kv_source, bias, key_mask, causal, keys):
@@ -269,11 +313,50 @@ def _attention_block(cfg, p, x, kv_source, bias, key_mask, causal, keys):
 
 def _mlp_block(cfg, p, x, keys):
     dt = x.dtype
-    act = ACTIVATIONS[cfg.activation]
-    hidden = act(x @ p["wi_0"].astype(dt)) * (x @ p["wi_1"].astype(dt))
+    wi_0, wi_1, wo = (p[name].astype(dt) for name in ("wi_0", "wi_1", "wo"))
+    if keys[0] is None:
+        return _dropout(gated_mlp(cfg.activation, x, wi_0, wi_1, wo), cfg.dropout_rate, keys[1])
+    hidden = ACTIVATIONS[cfg.activation](x @ wi_0) * (x @ wi_1)
     hidden = constrain(hidden, ("batch", "length", "mlp"))
     hidden = _dropout(hidden, cfg.dropout_rate, keys[0])
-    return _dropout(hidden @ p["wo"].astype(dt), cfg.dropout_rate, keys[1])
+    return _dropout(hidden @ wo, cfg.dropout_rate, keys[1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def gated_mlp(activation: str, x, wi_0, wi_1, wo):
+    """act(x wi_0) * (x wi_1) @ wo, with a hand-written backward pass.
+
+    The backward keeps only x and the two pre-activations, and materialises the hidden
+    gradients before the weight-gradient matmuls: left to itself XLA:CPU fuses the activation's
+    derivative into a transposed copy for those matmuls, a strided loop several times slower
+    than the matmuls themselves.
+    """
+    return _gated_mlp_fwd(activation, x, wi_0, wi_1, wo)[0]
+
+
+def _gated_mlp_fwd(activation, x, wi_0, wi_1, wo):
+    gate, linear = x @ wi_0, x @ wi_1
+    gate = constrain(gate, ("batch", "length", "mlp"))
+    linear = constrain(linear, ("batch", "length", "mlp"))
+    return (ACTIVATIONS[activation](gate) * linear) @ wo, (x, gate, linear, wi_0, wi_1, wo)
+
+
+def _gated_mlp_bwd(activation, residuals, dy):
+    x, gate, linear, wi_0, wi_1, wo = residuals
+    act, act_vjp = jax.vjp(ACTIVATIONS[activation], gate)
+    d_hidden = dy @ wo.T
+    d_linear = d_hidden * act
+    d_gate = act_vjp(d_hidden * linear)[0]
+    d_gate, d_linear, hidden = jax.lax.optimization_barrier((d_gate, d_linear, act * linear))
+    d_x = d_gate @ wi_0.T + d_linear @ wi_1.T
+    d_wi_0 = jnp.einsum("btd,btf->df", x, d_gate)
+    d_wi_1 = jnp.einsum("btd,btf->df", x, d_linear)
+    # As (dy^T hidden)^T so that only the narrow dy is transposed for XLA:CPU's matmul, not the wide hidden.
+    d_wo = jnp.einsum("btd,btf->df", dy, hidden).T
+    return d_x, d_wi_0, d_wi_1, d_wo
+
+
+gated_mlp.defvjp(_gated_mlp_fwd, _gated_mlp_bwd)
 
 
 def _layer_keys(key, layers: int, per_layer: int):

@@ -41,7 +41,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="bench_cpu")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--attention", default="xla")
+    p.add_argument("--attention", default="einsum")
     p.add_argument("--remat", default="none")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--enc_len", type=int, default=512)
