@@ -59,7 +59,8 @@ def resolve_sources(encode_fn, controls, random_encode_fn, encoder_id, random_en
         if random_encode_fn is None:
             raise EvaluateError("controls include 'random' but random_encode_fn is None; pass "
                                 "embed.make_random_encode_fn(model_cfg) or drop 'random' from controls")
-        # The random encoder is a fixed function of (shape, seed), so it is named after the model's shape.
+        # The control is fixed by the model's shape and its init seed: named after the model unless told
+        # otherwise (pass random_encoder_id when the control's seed changes between runs).
         random_id = random_encoder_id or (f"random-control-of:{encoder_id}" if encoder_id else None)
         sources.append(_Source("random", random_encode_fn, random_id))
     return sources
