@@ -35,12 +35,17 @@ def model_section(shape: str) -> dict[str, Any]:
     return {"shape": shape, **dataclasses.asdict(cfg)}
 
 
-def model_config(section: Mapping[str, Any]):
-    """The ModelConfig of the config's model section (shape defaults with every field as set)."""
+def model_config(section: Mapping[str, Any], backend: str = "cpu"):
+    """The ModelConfig of the config's model section (shape defaults with every field as set).
+
+    dtype 'auto' computes in bfloat16 on accelerators and float32 on CPUs (where bf16 is slow).
+    """
     from ankh3.model import ModelConfigError, get_shape
 
     fields = dict(section)
     shape = fields.pop("shape")
+    if fields.get("dtype") == "auto":
+        fields["dtype"] = "float32" if backend == "cpu" else "bfloat16"
     try:
         return get_shape(shape, **fields)
     except (ModelConfigError, TypeError) as e:

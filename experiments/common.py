@@ -111,7 +111,7 @@ def ankh3_recipe(shape: str = "tiny", family: str = "base", variant: str | None 
         prefix="[NLU]",  # the task token put before each sequence when embedding
         seeds=(0,),
         epochs=size["downstream_epochs"],
-        controls=True,  # one-hot and random-encoder baselines beside every probe
+        controls=("onehot", "random"),  # baselines probed beside the model: one-hot residues, a random encoder
         max_per_split=0,  # 0 = every example; N keeps the first N of each split (quick smoke runs)
         cache_dir="",  # '' = WORKDIR/downstream/embeddings
     ))

@@ -120,8 +120,18 @@ def resolve(config) -> None:
     check_config(config)
     for key in ("train", "valid"):
         config.data[key] = resolve_path(config.data[key], ROOT)
+        check_readable(config.data[key], f"config.data.{key}")
     if config.init_from:
         config.init_from = resolve_path(config.init_from, ROOT)
+
+
+def check_readable(path: str, key: str) -> None:
+    """Fails before any work when a data path cannot be read (the full check is the source's own)."""
+    if not os.path.exists(path):
+        raise ConfigError(f"{key}: no such file or directory {path}; point it at a FASTA file (.fasta, .gz, .xz) "
+                          "or a directory of ArrayRecord shards")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{key}: {path} is not readable (permissions); fix its mode or choose another path")
 
 
 def run_name(config) -> str:
@@ -196,15 +206,13 @@ def build_model(config):
     from ankh3.model import T5
     from ankh3.tokenizer import Tokenizer
 
-    section = dict(config.model)
-    if section["dtype"] == "auto":
-        section["dtype"] = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    cfg = model_config(config.model, jax.default_backend())
     if config.init_from:
         from ankh3.convert import load_pretrained_dir
 
-        runtime = {k: section[k] for k in ("dtype", "remat", "attention", "dropout_rate", "scan_unroll")}
+        # The checkpoint fixes the architecture; the run still picks how it computes.
+        runtime = {k: getattr(cfg, k) for k in ("dtype", "remat", "attention", "dropout_rate", "scan_unroll")}
         return load_pretrained_dir(config.init_from, seed=config.seed, **runtime)
-    cfg = model_config(section)
     return cfg, T5(cfg, rngs=nnx.Rngs(config.seed)), Tokenizer.default(cfg.vocab_size)
 
 
@@ -221,21 +229,23 @@ def build_mesh(config):
 
 
 def build_data(config, tokenizer, mixture):
-    """(training batch iterator, fixed held-out batches) from the pipeline."""
+    """(training batch iterator, fixed held-out batches): both from the Grain pipeline."""
     from ankh3.data import pipeline
+    from ankh3.data.sources import open_source
 
     data = config.data
-    common = dict(tokenizer=tokenizer, mixture=mixture, batch_size=data.batch_size,
-                  encoder_length=data.encoder_length, decoder_length=data.decoder_length,
-                  min_residues=data.min_residues, on_invalid=data.on_invalid)
-    train = pipeline.make_iterator(data.train, seed=config.seed, shuffle=True, worker_count=data.worker_count, **common)
-    valid = pipeline.make_iterator(data.valid, seed=config.seed + 1, shuffle=False, worker_count=0, **common)
-    eval_batches = [next(valid) for _ in range(config.train.eval_batches)]
-    return train, eval_batches
+    common = dict(batch_size=data.batch_size, encoder_length=data.encoder_length,
+                  decoder_length=data.decoder_length, min_residues=data.min_residues, on_invalid=data.on_invalid)
+    train = pipeline.make_iterator(open_source(data.train), tokenizer, mixture, seed=config.seed, shuffle=True,
+                                   worker_count=data.worker_count, **common)
+    # The held-out batches are drawn once (fixed masking too), so every evaluation sees the same data.
+    valid = pipeline.make_iterator(open_source(data.valid), tokenizer, mixture, seed=config.seed + 1,
+                                   shuffle=False, **common)
+    return train, [next(valid) for _ in range(config.train.eval_batches)]
 
 
-def pretrain(config, workdir: str, tracker, pieces: Pieces) -> dict:
-    """Trains (or resumes) to config.train.steps; returns the final metrics."""
+def pretrain(config, workdir: str, tracker, pieces: Pieces) -> tuple[dict, int]:
+    """Trains (or resumes) to config.train.steps; returns the final metrics and step."""
     import jax
 
     from ankh3 import train
@@ -263,13 +273,15 @@ def pretrain(config, workdir: str, tracker, pieces: Pieces) -> dict:
         dropout=pieces.model_cfg.dropout_rate > 0)
     train_step = train.make_train_step(graphdef, tx, len(task_names), settings.dropout)
     eval_step = train.make_eval_step(graphdef, len(task_names))
-    with jax.set_mesh(pieces.mesh), PreemptionGuard() as guard:
-        eval_device = [train.device_batch(b, pieces.mesh) for b in eval_batches]
-        result = train.train_loop(
-            state=state, train_step=train_step, eval_step=eval_step, batches=batches, eval_batches=eval_device,
-            task_names=task_names, settings=settings, mesh=pieces.mesh, checkpointer=checkpointer,
-            data_state=batches.get_state, tracker=tracker, guard=guard, schedule=schedule, workdir=workdir)
-    checkpointer.close()
+    try:
+        with jax.set_mesh(pieces.mesh), PreemptionGuard() as guard:
+            eval_device = [train.device_batch(b, pieces.mesh) for b in eval_batches]
+            result = train.train_loop(
+                state=state, train_step=train_step, eval_step=eval_step, batches=batches, eval_batches=eval_device,
+                task_names=task_names, settings=settings, mesh=pieces.mesh, checkpointer=checkpointer,
+                data_state=batches.get_state, tracker=tracker, guard=guard, schedule=schedule, workdir=workdir)
+    finally:
+        checkpointer.close()  # lets pending asynchronous saves finish, whatever happened
     from flax import nnx
 
     nnx.update(pieces.model, result.state["params"], result.state["rest"])
@@ -279,7 +291,7 @@ def pretrain(config, workdir: str, tracker, pieces: Pieces) -> dict:
         print(f"stopped by {result.stopped_by} at step {result.final_step}; checkpoint saved in {workdir}. "
               "Re-run the same command to resume.", flush=True)
         sys.exit(128 + int(getattr(signal, result.stopped_by)))
-    return result.metrics
+    return result.metrics, result.final_step
 
 
 def write_pretrain_artifacts(tracker, workdir: str, task_names, result, config) -> None:
@@ -288,6 +300,9 @@ def write_pretrain_artifacts(tracker, workdir: str, task_names, result, config) 
 
     history_path = os.path.join(workdir, HISTORY)
     records = read_history(history_path) if os.path.exists(history_path) else []
+    if not result.metrics:  # nothing left to train (a finished run re-run): report its last values
+        for record in records:
+            result.metrics.update({k: v for k, v in record.items() if k not in ("step", "time")})
     for path in write_loss_plots(loss_curves(records, task_names), os.path.join(workdir, "plots")):
         tracker.log_artifact(path, "plots")
     summary = {"step": result.final_step, "wall_s": round(result.wall_s, 1), "stopped_by": result.stopped_by,
@@ -299,8 +314,8 @@ def write_pretrain_artifacts(tracker, workdir: str, task_names, result, config) 
 
 
 # ---- downstream ------------------------------------------------------------------------------------
-def restore_for_downstream(config, workdir: str, pieces: Pieces) -> None:
-    """Loads the latest checkpoint's parameters into the model (mode=downstream)."""
+def restore_for_downstream(config, workdir: str, pieces: Pieces) -> int:
+    """Loads the latest checkpoint's parameters into the model (mode=downstream); returns its step."""
     import jax
     from flax import nnx
 
@@ -311,7 +326,7 @@ def restore_for_downstream(config, workdir: str, pieces: Pieces) -> None:
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
     if checkpointer.latest_step() is None:
         if config.init_from:
-            return  # probing published weights as they are
+            return 0  # probing published weights as they are
         raise ConfigError(f"--mode=downstream: no checkpoint in {workdir}/checkpoints; pretrain first "
                           "(--mode=pretrain) or pass --workdir of a trained run or --config.init_from=DIR")
     tx, _ = make_optimizer(OptimizerSpec.from_config(config.optimizer, config.train.steps))
@@ -319,11 +334,13 @@ def restore_for_downstream(config, workdir: str, pieces: Pieces) -> None:
     state, _ = checkpointer.restore(None, state)
     checkpointer.close()
     nnx.update(pieces.model, state["params"])
-    print(f"probing the encoder of {workdir} at step {int(jax.device_get(state['step']))}", flush=True)
+    step = int(jax.device_get(state["step"])) // int(config.optimizer.grad_accum)
+    print(f"probing the encoder of {workdir} at step {step}", flush=True)
+    return step
 
 
-def downstream(config, workdir: str, tracker, pieces: Pieces) -> list:
-    """Probes the frozen encoder on config.downstream.tasks; one MLflow child run per task."""
+def downstream(config, workdir: str, tracker, pieces: Pieces, encoder_id: str) -> list:
+    """Probes the frozen encoder on config.downstream.tasks; one MLflow child run per (task, source)."""
     from ankh3.downstream import evaluate, tasks
     from ankh3.downstream.embed import make_model_encode_fn, make_random_encode_fn
 
@@ -332,15 +349,22 @@ def downstream(config, workdir: str, tracker, pieces: Pieces) -> list:
     loaded = [tasks.load_task(name, path=(section.paths.get(name) or None), max_per_split=limit)
               for name in section.tasks]
     out_dir = os.path.join(workdir, "downstream")
+    controls = tuple(section.controls)
+
+    def log_result(result) -> None:
+        tracker.log_child(f"{result.name}/{result.source}", params={"prefix": section.prefix, **result.params},
+                          metrics=result.metrics, tags={"task": result.name, "source": result.source},
+                          artifacts=result.artifacts)
+        tracker.flush()
+
+    random_fn = make_random_encode_fn(pieces.model_cfg, seed=config.seed + 10_000) if "random" in controls else None
     results = evaluate.run_tasks(
         make_model_encode_fn(pieces.model), pieces.tokenizer, loaded, section.prefix,
         seeds=tuple(section.seeds), epochs=int(section.epochs),
-        cache_dir=section.cache_dir or os.path.join(out_dir, "embeddings"), controls=bool(section.controls),
-        random_encode_fn=make_random_encode_fn(pieces.model_cfg, seed=config.seed + 10_000), out_dir=out_dir)
-    for result in results:
-        tracker.log_child(f"{result.name}", params={"task": result.name, "prefix": section.prefix, **result.params},
-                          metrics=result.metrics, tags={"task": result.name, "source": str(result.source)},
-                          artifacts=result.artifacts)
+        cache_dir=section.cache_dir or os.path.join(out_dir, "embeddings"), controls=controls,
+        random_encode_fn=random_fn, out_dir=out_dir, encoder_id=encoder_id,
+        random_encoder_id=f"random:{config.model.shape}:{config.seed + 10_000}", on_result=log_result,
+        progress=sys.stderr.isatty())
     print(evaluate.format_results_table(results), flush=True)
     return results
 
@@ -375,11 +399,12 @@ def run(config, workdir: str, mode: str) -> None:
     metrics, results = {}, []
     try:
         if mode in ("pretrain", "all"):
-            metrics = pretrain(config, workdir, tracker, pieces)
+            metrics, step = pretrain(config, workdir, tracker, pieces)
         else:
-            restore_for_downstream(config, workdir, pieces)
+            step = restore_for_downstream(config, workdir, pieces)
         if mode in ("downstream", "all"):
-            results = downstream(config, workdir, tracker, pieces)
+            encoder_id = f"{config.init_from or workdir}@step{step}"
+            results = downstream(config, workdir, tracker, pieces, encoder_id)
     except BaseException:
         tracker.end("FAILED")
         raise
@@ -416,6 +441,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments {' '.join(argv[1:])}; use --config=experiments/FAMILY.py:ARG and --config.KEY=VALUE")
+    logging.set_verbosity(logging.WARNING)  # orbax narrates every save at INFO
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # a dead server must not stall training
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     errors = user_errors()

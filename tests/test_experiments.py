@@ -1,0 +1,76 @@
+"""Experiment families: every variant builds, variants differ only where the ablation says, at equal compute."""
+import importlib
+
+import pytest
+
+from ankh3.config import ConfigError, build_mixture, model_config
+
+FAMILIES = {
+    "base": ("tiny", "small", "ankh3_large", "ankh3_xl"),
+    "ablate_tasks": ("mlm_only", "completion_only", "both"),
+    "ablate_completion": ("0.25", "0.5", "0.75", "variable"),
+    "ablate_xdenoiser": ("off", "on"),
+    "ablate_masking": ("0.15", "0.15,0.3", "0.15,0.2,0.3/3"),
+    "ablate_prefix": ("nlu", "s2s"),
+}
+
+
+def get_config(family, arg):
+    return importlib.import_module(f"experiments.{family}").get_config(arg)
+
+
+def compute(c):
+    """What must be equal across the variants of a family."""
+    return (c.data.train, c.data.batch_size, c.data.encoder_length, c.data.decoder_length, c.train.steps,
+            c.optimizer.grad_accum, c.budget.total_tokens, c.model.shape, c.seed)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_variants_build_and_share_data_steps_and_batch_shape(family):
+    configs = [get_config(family, arg) for arg in FAMILIES[family]]
+    for c in configs:
+        assert c.family == family
+        build_mixture(c.objectives, c.mixture_granularity)
+        model_config(c.model)
+        tokens = c.data.batch_size * (c.data.encoder_length + c.data.decoder_length)
+        assert c.budget.total_tokens == tokens * c.train.steps
+    if family != "base":  # base's ARG is the model shape, so it changes the compute on purpose
+        assert len({compute(c) for c in configs}) == 1
+        assert len({c.variant for c in configs}) == len(configs)
+
+
+@pytest.mark.parametrize("family,arg", [("base", "huge"), ("ablate_tasks", "mlm"), ("ablate_completion", "0.9"),
+                                        ("ablate_xdenoiser", "maybe"), ("ablate_prefix", "nlg"),
+                                        ("ablate_masking", "0.15,1.5"), ("ablate_masking", "x")])
+def test_unknown_argument_lists_the_valid_ones(family, arg):
+    with pytest.raises(ConfigError, match=f"experiments/{family}.py: .*{arg}.*valid"):
+        get_config(family, arg)
+
+
+def test_base_is_the_ankh3_recipe():
+    mixture = build_mixture(get_config("base", None).objectives)
+    nlu, s2s = mixture.objectives
+    assert mixture.task_names == ("nlu", "s2s") and list(mixture.probabilities) == [0.5, 0.5]
+    assert nlu.noise_density == (0.15, 0.2, 0.3) and nlu.mean_span_length == 1.0 and nlu.task_token == "[NLU]"
+    assert nlu.density_granularity == "batch"
+    assert s2s.fraction == 0.5 and s2s.task_token == "[S2S]"
+
+
+def test_ablations_change_what_they_name():
+    def tasks(family, arg):
+        return build_mixture(get_config(family, arg).objectives).task_names
+
+    assert tasks("ablate_tasks", "mlm_only") == ("nlu",)
+    assert tasks("ablate_tasks", "completion_only") == ("s2s",)
+    completion = dict(zip(tasks("ablate_completion", "0.75"),
+                          build_mixture(get_config("ablate_completion", "0.75").objectives).objectives))["s2s"]
+    assert completion.fraction == 0.75
+    variable = build_mixture(get_config("ablate_completion", "variable").objectives).objectives[1]
+    assert variable.fraction == (0.25, 0.75)
+    on = build_mixture(get_config("ablate_xdenoiser", "on").objectives)
+    assert dict(zip(on.task_names, on.probabilities))["nlg"] == pytest.approx(0.2)
+    assert tasks("ablate_xdenoiser", "off") == ("nlu", "s2s")
+    masking = build_mixture(get_config("ablate_masking", "0.15,0.3/3").objectives).objectives[0]
+    assert masking.noise_density == (0.15, 0.3) and masking.mean_span_length == 3.0
+    assert get_config("ablate_prefix", "s2s").downstream.prefix == "[S2S]"
+    assert get_config("ablate_prefix", "nlu").downstream.prefix == "[NLU]"

@@ -1,0 +1,148 @@
+"""End-to-end tests of launch/run.py on a tiny model: MLflow contents, resume after SIGTERM, one-line errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ankh3.data.fasta import read_fasta
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = [sys.executable, os.path.join(ROOT, "launch", "run.py")]
+STEPS = 40
+# A tiny model, short sequences, per-step logging, and one small downstream task.
+TINY = [
+    "--config=experiments/base.py", f"--config.train.steps={STEPS}", "--config.model.d_model=64",
+    "--config.model.d_ff=128", "--config.model.num_heads=2", "--config.model.num_encoder_layers=1",
+    "--config.model.num_decoder_layers=1", "--config.data.batch_size=8", "--config.data.encoder_length=96",
+    "--config.data.decoder_length=64", "--config.train.log_every=1", "--config.train.eval_every=20",
+    "--config.train.eval_batches=2", "--config.train.checkpoint_every=1000", "--config.train.progress_every_s=0",
+    "--config.optimizer.warmup_steps=5",
+    "--config.downstream.tasks=('gb1',)", "--config.downstream.max_per_split=16", "--config.downstream.epochs=1",
+    "--config.downstream.controls=('onehot',)",
+]
+
+
+def small_fasta(path, count):
+    """The first `count` records of the bundled validation split (fast to read)."""
+    with open(path, "w") as f:
+        for i, record in enumerate(read_fasta(os.path.join(ROOT, "data/pretrain/valid.fasta.xz"))):
+            if i == count:
+                break
+            f.write(f">{record.name}\n{record.sequence}\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    data = [f"--config.data.train={small_fasta(root / 'train.fasta', 400)}",
+            f"--config.data.valid={small_fasta(root / 'valid.fasta', 40)}"]
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db")
+    env.pop("XLA_FLAGS", None)  # one device, as on a user's CPU
+    return root, TINY + data, env
+
+
+def run(args, env, **kw):
+    return subprocess.run(RUN + args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240, **kw)
+
+
+def losses(workdir):
+    """{step: train loss} from the run's local metric history."""
+    with open(os.path.join(workdir, "history.jsonl")) as f:
+        return {r["step"]: r["train/loss"] for r in map(json.loads, f) if "train/loss" in r}
+
+
+@pytest.fixture(scope="module")
+def full_run(setup):
+    root, args, env = setup
+    workdir = str(root / "full")
+    done = run(args + [f"--workdir={workdir}"], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workdir, done.stdout
+
+
+def test_run_trains_and_logs_params_metrics_and_child_runs(setup, full_run):
+    from mlflow import MlflowClient
+
+    root, _, env = setup
+    workdir, stdout = full_run
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("base")
+    assert experiment.artifact_location.endswith("/mlruns/base")
+    (parent,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'tiny-s0'")
+    assert parent.info.run_name == "tiny-s0" and parent.info.status == "FINISHED"
+    params, tags = parent.data.params, parent.data.tags
+    assert params["train.steps"] == str(STEPS) and params["model.d_model"] == "64"
+    assert params["objectives.nlu.noise_density"] == "[0.15, 0.2, 0.3]"
+    assert params["budget.total_tokens"] == str(STEPS * 8 * (96 + 64))
+    assert {tags["family"], tags["variant"], tags["seed"]} == {"base", "tiny", "0"}
+    assert tags["git_commit"] and tags["device_kind"] and tags["jax_version"]
+    history = client.get_metric_history(parent.info.run_id, "train/loss")
+    assert [m.step for m in history] == list(range(1, STEPS + 1))
+    assert history[-1].value < history[0].value
+    for key in ("train/nlu/loss", "train/s2s/accuracy", "eval/nlu/loss", "eval/s2s/accuracy", "perf/tokens_per_s"):
+        assert key in parent.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"config.json", "pretrain_summary.json", "plots"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/loss_nlu.png", "plots/loss_s2s.png"} <= plots
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.info.run_name for c in children) == ["gb1/model", "gb1/onehot"]
+    assert all("test/spearman_mean" in c.data.metrics for c in children)
+    assert "mlflow ui --backend-store-uri sqlite:///" in stdout and "gb1" in stdout
+
+
+def test_sigterm_then_resume_gives_the_same_losses(setup, full_run):
+    root, args, env = setup
+    workdir = str(root / "preempted")
+    proc = subprocess.Popen(RUN + args + [f"--workdir={workdir}", "--mode=pretrain"], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if line.startswith("step 2/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    proc.stdout.read()
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    stopped_at = max(losses(workdir))
+    assert 2 <= stopped_at < STEPS
+    resumed = run(args + [f"--workdir={workdir}", "--mode=pretrain"], env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from" in resumed.stdout
+    reference, interrupted = losses(full_run[0]), losses(workdir)
+    assert sorted(interrupted) == list(range(1, STEPS + 1))
+    # Same seed, same losses: before the stop (a second process) and after the resume (restored state).
+    np.testing.assert_array_equal([interrupted[s] for s in range(1, STEPS + 1)],
+                                  [reference[s] for s in range(1, STEPS + 1)])
+
+
+@pytest.mark.parametrize("extra,expected", [
+    (["--config=experiments/ablate_tasks.py:mlm"], "unknown argument 'mlm'; valid: mlm_only, completion_only, both"),
+    (["--config=experiments/base.py", "--config.train.stepz=3"], "unknown config key 'train.stepz'"),
+    (["--config=experiments/base.py", "--config.data.train=/nowhere/train.fasta"],
+     "config.data.train: no such file or directory /nowhere/train.fasta"),
+])
+def test_bad_input_is_one_line_and_nonzero_exit(setup, extra, expected):
+    done = run(extra, setup[2])
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in done.stderr
+
+
+def test_corrupt_data_file_is_one_line(setup, tmp_path):
+    root, args, env = setup
+    bad = tmp_path / "bad.fasta"
+    bad.write_text("ACDEFG\n>late header\nACD\n")
+    done = run(args + [f"--config.data.train={bad}", f"--workdir={tmp_path / 'w'}", "--mode=pretrain"], env)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and "sequence line before the first header" in lines[0]
+
+
+def test_dry_run_prints_size_and_budget(setup):
+    done = run(["--config=experiments/ablate_completion.py:0.75", "--config.train.steps=10", "--dry_run"], setup[2])
+    assert done.returncode == 0, done.stderr
+    assert "parameters: " in done.stdout and "token budget: 35,840 over 10 steps" in done.stdout
