@@ -18,7 +18,6 @@ import dataclasses
 import fnmatch
 import html
 import importlib.util
-import io
 import math
 import os
 import sys
@@ -350,12 +349,13 @@ def log_summary_run(client, experiment_id: str, name: str, subject: str, files: 
     return run_id
 
 
-def write_outputs(out_dir: str, title: str, markdown: str, csv_rows, html_page: str) -> list[str]:
+def write_outputs(out_dir: str, markdown: str, write_csv_file, html_page: str) -> list[str]:
+    """summary.md, summary.csv (written by `write_csv_file(path)`) and summary.html in out_dir."""
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, n) for n in ("summary.md", "summary.csv", "summary.html")]
     with open(paths[0], "w") as f:
         f.write(markdown)
-    csv_rows(paths[1])
+    write_csv_file(paths[1])
     with open(paths[2], "w") as f:
         f.write(html_page)
     return paths
@@ -413,7 +413,7 @@ def analyse_family(client, family: str, *, out_dir: str, patterns=DEFAULT_METRIC
     title = f"{family}: {len(variants)} variants, {len(records)} runs"
     markdown = to_markdown(rows, title, notes)
     page = to_html(title, HEADER, [row_cells(r) for r in rows], notes, images)
-    files = write_outputs(out_dir, title, markdown, lambda p: write_csv(rows, p), page) + images
+    files = write_outputs(out_dir, markdown, lambda p: write_csv(rows, p), page) + images
     run_id = None
     if log_run:
         exp = get_experiment(client, experiment or family)
@@ -474,20 +474,21 @@ def analyse_sweep(client, study_name: str, *, out_dir: str, storage: str | None 
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
     markdown = "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
     page = to_html(title, SWEEP_HEADER, cells, notes, images)
-
-    def write_rows(path):
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["trial", "state", "objective", *sorted({k for b in body for k in b[3]}), "reason_or_run"])
-            keys = sorted({k for b in body for k in b[3]})
-            for b in body:
-                writer.writerow([b[0], b[1], b[2], *[b[3].get(k, "") for k in keys], b[4]])
-
     os.makedirs(out_dir, exist_ok=True)
-    files = write_outputs(out_dir, title, markdown, write_rows, page) + images
+    files = write_outputs(out_dir, markdown, lambda p: write_sweep_csv(body, p), page) + images
     run_id = log_summary_run(client, parent.info.experiment_id, study_name, f"sweep={study_name}", files) \
         if log_run else None
     return Report(markdown, files, body, run_id)
+
+
+def write_sweep_csv(body: list[tuple], path: str) -> None:
+    """One line per trial: number, state, objective, one column per sampled parameter, reason or run id."""
+    keys = sorted({k for b in body for k in b[3]})
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["trial", "state", "objective", *keys, "reason_or_run"])
+        for number, state, value, params, note in body:
+            writer.writerow([number, state, value, *[params.get(k, "") for k in keys], note])
 
 
 def load_study(name: str, storage: str | None, notes: list[str]):

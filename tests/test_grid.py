@@ -3,6 +3,7 @@ import csv
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -13,6 +14,8 @@ TINY = ("--config.train.steps=4", "--config.train.eval_every=2", "--config.train
         "--config.data.encoder_length=32", "--config.data.decoder_length=32", "--config.model.d_model=32",
         "--config.model.d_ff=64", "--config.model.num_heads=2", "--config.model.d_kv=16",
         "--config.model.num_encoder_layers=1", "--config.model.num_decoder_layers=1")
+# Compiled steps are kept between test runs (and test files): most of a tiny run's time is compiling.
+COMPILE_CACHE = os.path.join(tempfile.gettempdir(), "ankh3-tests-jax-cache")
 
 
 def run_cli(*args, timeout=600):
@@ -21,7 +24,7 @@ def run_cli(*args, timeout=600):
 
 def grid_command(tmp, uri, *extra):
     return ("launch/grid.py", "--config=experiments/ablate_tasks.py", "--mode=pretrain", f"--tracking_uri={uri}",
-            f"--workdir_root={tmp}/runs", *TINY, *extra)
+            f"--workdir_root={tmp}/runs", f"--compile_cache={COMPILE_CACHE}", *TINY, *extra)
 
 
 def top_level_runs(uri):

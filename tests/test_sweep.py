@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from test_grid import ROOT, TINY, run_cli
+from test_grid import COMPILE_CACHE, ROOT, TINY, run_cli
 
 # The masking search space, with trial 1 pointed at a missing data file (its run fails) and trial 4
 # failing inside the search space itself (an exception before any run starts).
@@ -34,7 +34,7 @@ def search_space(trial):
 def sweep_command(tmp, n_trials, workers):
     return ("launch/sweep.py", f"--config={tmp}/sweep_test.py", "--study=test", f"--n_trials={n_trials}",
             f"--workers={workers}", f"--storage=journal:{tmp}/optuna.log", f"--tracking_uri=sqlite:///{tmp}/mlflow.db",
-            f"--workdir_root={tmp}/runs", f"--compile_cache={tmp}/jax_cache", *TINY)
+            f"--workdir_root={tmp}/runs", f"--compile_cache={COMPILE_CACHE}", *TINY)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_two_workers_run_four_distinct_trials_one_failing_without_stopping_the_s
     assert states[1] == optuna.trial.TrialState.FAIL
     assert [states[n] for n in (0, 2, 3)] == [optuna.trial.TrialState.COMPLETE] * 3
     failed = next(t for t in trials if t.number == 1)
-    assert "/nonexistent/missing.fasta does not exist" in failed.user_attrs["fail_reason"]
+    assert "/nonexistent/missing.fasta" in failed.user_attrs["fail_reason"]  # run.py's own one-line error
     assert all(math.isfinite(t.value) for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 4  # every trial sampled its own recipe
     # Two workers: some trials ran at the same time.
@@ -89,7 +89,7 @@ def test_each_trial_is_a_nested_mlflow_run_with_params_and_objective(sweep):
         number = int(run.data.params["optuna.trial_number"])
         assert any(k.startswith("optuna.params.") for k in run.data.params)
         if number == 1:
-            assert run.info.status == "FAILED" and "does not exist" in run.data.tags["optuna.fail_reason"]
+            assert run.info.status == "FAILED" and "/nonexistent/missing.fasta" in run.data.tags["optuna.fail_reason"]
         else:
             assert run.data.metrics["objective"] == pytest.approx(values[number])
 
