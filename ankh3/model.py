@@ -62,6 +62,8 @@ class ModelConfig:
             (self.dtype in DTYPES, f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}"),
             (self.num_encoder_layers >= 1 and self.num_decoder_layers >= 0, "need >= 1 encoder layer"),
             (0.0 <= self.dropout_rate < 1.0, f"dropout_rate {self.dropout_rate} must be in [0, 1)"),
+            (self.attention != "cudnn" or self.dtype != "float32",
+             "attention 'cudnn' needs dtype 'bfloat16' or 'float16'; use attention 'einsum' for float32"),
         )
         for ok, message in checks:
             if not ok:
@@ -527,16 +529,25 @@ class T5(nnx.Module):
 
     def decode(self, encoded, encoder_mask, decoder_inputs, deterministic: bool = True) -> jax.Array:
         """Logits float32 [B, Ld, V] for decoder inputs (targets shifted right, starting with pad)."""
+        _check_batches(encoded.shape[0], decoder_inputs)
         names = ("shared", "decoder") if self.cfg.tie_embeddings else ("shared", "decoder", "lm_head")
         return decode_logits(self.cfg, self._params(*names), encoded, jnp.asarray(encoder_mask, bool),
                              jnp.asarray(decoder_inputs), self._dropout_keys(deterministic))
 
     def __call__(self, encoder_tokens, decoder_inputs, encoder_mask=None, deterministic: bool = True):
         encoder_tokens = jnp.asarray(encoder_tokens)
+        _check_batches(encoder_tokens.shape[0], decoder_inputs)
         if encoder_mask is None:
             encoder_mask = encoder_tokens != self.cfg.pad_id
         encoded = self.encode(encoder_tokens, encoder_mask, deterministic)
         return self.decode(encoded, encoder_mask, decoder_inputs, deterministic)
+
+
+def _check_batches(encoder_batch: int, decoder_inputs) -> None:
+    if np.shape(decoder_inputs)[0] != encoder_batch:
+        raise ModelConfigError(
+            f"decoder_inputs have batch {np.shape(decoder_inputs)[0]} but the encoder input has "
+            f"{encoder_batch}; pass one decoder row per encoder row")
 
 
 # ----------------------------------------------------------------------------- utilities

@@ -41,7 +41,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="bench_cpu")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--attention", default="einsum")
+    p.add_argument("--attention", default=None, help="default: cudnn on GPU, einsum elsewhere")
     p.add_argument("--remat", default="none")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--enc_len", type=int, default=512)
@@ -166,14 +166,17 @@ def bench_hf(cfg: ModelConfig, batch, args, compile_model: bool) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    cfg = get_shape(args.shape, dtype=args.dtype, attention=args.attention, remat=args.remat)
+    attention = args.attention or ("cudnn" if jax.default_backend() == "gpu" else "einsum")
+    cfg = get_shape(args.shape, dtype=args.dtype, attention=attention, remat=args.remat)
     batch = make_batch(cfg, args.batch, args.enc_len, args.dec_len)
     flops = step_flops(cfg, args.batch, args.enc_len, args.dec_len)
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  shape={args.shape} dtype={args.dtype} "
-          f"attention={args.attention} remat={args.remat} batch={args.batch} Le={args.enc_len} Ld={args.dec_len}")
+          f"attention={attention} remat={args.remat} batch={args.batch} Le={args.enc_len} Ld={args.dec_len}")
     ours, compile_s = bench_jax(cfg, batch, args)
-    print(f"ours (jax, jit+donate):  {ours * 1e3:8.1f} ms/step   (compile {compile_s:.1f} s)   "
-          f"{flops / ours / 1e12:.3f} TFLOP/s model FLOPs, MFU vs 989 TFLOP/s: {flops / ours / args.peak_flops:.2%}")
+    rate = f"{flops / 1e9:.1f} GFLOP/step, {flops / ours / 1e9:.1f} GFLOP/s"
+    if jax.default_backend() == "gpu":
+        rate += f", MFU {flops / ours / args.peak_flops:.1%} of {args.peak_flops / 1e12:.0f} TFLOP/s"
+    print(f"ours (jax, jit+donate):  {ours * 1e3:8.1f} ms/step   (compile {compile_s:.1f} s)   {rate}")
     if not args.no_hf:
         eager = bench_hf(cfg, batch, args, compile_model=False)
         print(f"HF T5 torch eager:       {eager * 1e3:8.1f} ms/step   ratio HF/ours = {eager / ours:.2f}x")
