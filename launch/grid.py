@@ -313,7 +313,28 @@ def run_job(job: Job, env: dict | None = None) -> Outcome:
     seconds = time.monotonic() - start
     if returncode == 0:
         return Outcome(job, "finished", seconds)
-    return Outcome(job, "failed", seconds, failure_reason(job, returncode))
+    reason = failure_reason(job, returncode)
+    close_failed_run(job, reason)
+    return Outcome(job, "failed", seconds, reason)
+
+
+def close_failed_run(job: Job, reason: str) -> None:
+    """Marks the job's run FAILED with the reason when the process died before ending it itself
+    (e.g. a config rejected before run.py reopened the run)."""
+    from mlflow import MlflowClient
+
+    from ankh3.tracking import Tracker
+
+    run_id = Tracker(job.uri, job.experiment, job.run_name, job.workdir, tags=job.tags).run_id
+    if run_id is None:
+        return
+    try:
+        client = MlflowClient(tracking_uri=job.uri)
+        client.set_tag(run_id, "fail_reason", reason[:5000])
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, "FAILED")
+    except Exception as e:  # noqa: BLE001 -- the failure itself is already reported
+        print(f"could not mark run {run_id} failed: {type(e).__name__}", file=sys.stderr, flush=True)
 
 
 def run_grid(jobs: list[Job], parallel: int = 1, out=sys.stdout, env: dict | None = None) -> list[Outcome]:
@@ -345,7 +366,8 @@ def run_grid(jobs: list[Job], parallel: int = 1, out=sys.stdout, env: dict | Non
 
 def summarize(outcomes: list[Outcome]) -> str:
     counts = {s: sum(o.status == s for o in outcomes) for s in ("finished", "skipped", "failed")}
-    return f"grid: {counts['finished']} ran, {counts['skipped']} skipped (already finished), {counts['failed']} failed"
+    return (f"grid: {counts['finished']} finished, {counts['skipped']} skipped (finished before), "
+            f"{counts['failed']} failed")
 
 
 # ---- command line -----------------------------------------------------------------------------------

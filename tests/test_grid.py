@@ -56,7 +56,7 @@ def test_matrix_runs_every_variant_and_seed_as_tagged_mlflow_runs(matrix):
         hashes[r.data.tags["variant"]].add(r.data.tags["config_hash"])
     assert all(len(h) == 1 for h in hashes.values())  # the seed is not part of the hash
     assert hashes["both"] != hashes["mlm_only"]
-    assert "4 ran, 0 skipped" in result.stdout
+    assert "4 finished, 0 skipped" in result.stdout
 
 
 def test_rerun_starts_nothing_new(matrix):
@@ -64,7 +64,7 @@ def test_rerun_starts_nothing_new(matrix):
     before = {r.info.run_id for r in top_level_runs(uri)}
     again = run_cli(*grid_command(tmp, uri, "--variants=mlm_only,both", "--seeds=2", "--jobs=2"))
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "0 ran, 4 skipped" in again.stdout
+    assert "0 finished, 4 skipped" in again.stdout
     assert {r.info.run_id for r in top_level_runs(uri)} == before
 
 
@@ -76,7 +76,7 @@ def test_unfinished_run_resumes_from_its_checkpoint_into_the_same_run(matrix):
     MlflowClient(tracking_uri=uri).set_terminated(target.info.run_id, "FAILED")  # as if it had crashed
     again = run_cli(*grid_command(tmp, uri, "--variants=mlm_only", "--seeds=1"))
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "1 ran, 0 skipped" in again.stdout
+    assert "1 finished, 0 skipped" in again.stdout
     runs = top_level_runs(uri)
     assert len(runs) == 4
     resumed = next(r for r in runs if r.info.run_id == target.info.run_id)
