@@ -88,7 +88,7 @@ def make_train_step(graphdef, tx, num_tasks: int, dropout: bool) -> Callable:
     """jit(state, batch) -> (state, sums): one micro-batch of gradient (one update without accumulation)."""
     import optax
 
-    def step(state, batch):
+    def train_step(state, batch):
         grad_fn = jax.value_and_grad(_forward, argnums=1, has_aux=True)
         (loss, (sums, rest)), grads = grad_fn(graphdef, state["params"], state["rest"], batch, not dropout, num_tasks)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -96,15 +96,15 @@ def make_train_step(graphdef, tx, num_tasks: int, dropout: bool) -> Callable:
         sums = dict(sums, loss=loss, grad_norm=optax.global_norm(grads))
         return {"step": state["step"] + 1, "params": params, "rest": rest, "opt_state": opt_state}, sums
 
-    return jax.jit(step, donate_argnums=(0,))
+    return jax.jit(train_step, donate_argnums=(0,))
 
 
 def make_eval_step(graphdef, num_tasks: int) -> Callable:
-    def step(state, batch):
+    def eval_step(state, batch):
         _, (sums, _) = _forward(graphdef, state["params"], state["rest"], batch, True, num_tasks)
         return sums
 
-    return jax.jit(step)
+    return jax.jit(eval_step)
 
 
 def device_batch(batch: dict, mesh) -> dict:

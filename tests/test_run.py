@@ -146,3 +146,23 @@ def test_dry_run_prints_size_and_budget(setup):
     done = run(["--config=experiments/ablate_completion.py:0.75", "--config.train.steps=10", "--dry_run"], setup[2])
     assert done.returncode == 0, done.stderr
     assert "parameters: " in done.stdout and "token budget: 35,840 over 10 steps" in done.stdout
+
+
+def test_sync_workdir_sends_an_offline_run(setup, tmp_path):
+    from mlflow import MlflowClient
+
+    from ankh3.tracking import JOURNAL, Tracker
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    workdir = str(tmp_path / "offline")
+    tracker = Tracker(f"sqlite:///{blocker}/mlflow.db", "offline_family", "v-s0", workdir).start()
+    tracker.log_metrics(1, {"train/loss": 2.5})
+    assert not tracker.end()  # the store was unreachable: all of it is in the journal
+    env = setup[2]
+    done = run([f"--sync_workdir={workdir}"], env)
+    assert done.returncode == 0, done.stderr
+    assert not os.path.exists(os.path.join(workdir, JOURNAL))
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    (synced,) = client.search_runs([client.get_experiment_by_name("offline_family").experiment_id])
+    assert synced.data.metrics == {"train/loss": 2.5} and synced.info.status == "FINISHED"
