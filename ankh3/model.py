@@ -298,7 +298,7 @@ attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
 
 
 def _attention_block(cfg, p, x, kv_source, bias, key_mask, causal, keys):
-    """One pre-norm-free attention: projections, attention, output projection (dtype = x.dtype)."""
+    """Attention sublayer after its pre-norm: projections, attention, output projection, dropout."""
     dt = x.dtype
     b, t, _ = x.shape
     s = kv_source.shape[1]
@@ -408,9 +408,13 @@ def _scan_layers(cfg, body, x, params, keys):
 
 def position_bias(cfg: ModelConfig, table, query_len: int, key_len: int, bidirectional: bool) -> jax.Array:
     """[1, heads, query_len, key_len] float32, computed once per stack and shared by all its layers."""
-    buckets = relative_position_buckets(query_len, key_len, bidirectional, cfg.relative_buckets,
-                                        cfg.relative_max_distance)
-    bias = jnp.take(table, jnp.asarray(buckets), axis=0)  # [T, S, H]
+    # Buckets depend only on key - query: look up the T+S-1 distances once (a small constant
+    # rather than a T*S one in the program), then spread them over the grid by index arithmetic.
+    distances = np.arange(-(query_len - 1), key_len)
+    buckets = relative_position_bucket(distances, bidirectional, cfg.relative_buckets, cfg.relative_max_distance)
+    per_distance = jnp.take(table, jnp.asarray(buckets, jnp.int32), axis=0)  # [T+S-1, H]
+    grid = jnp.arange(key_len)[None, :] - jnp.arange(query_len)[:, None] + (query_len - 1)
+    bias = jnp.take(per_distance, grid, axis=0)  # [T, S, H]
     return jnp.transpose(bias, (2, 0, 1))[None].astype(jnp.float32)
 
 

@@ -101,17 +101,21 @@ def make_jax_step(model_and_optimizer):
     return jax.jit(step, donate_argnums=0), state
 
 
-def time_steps(run_step, steps: int, warmup: int) -> list[float]:
-    times = []
+def time_interleaved(runners: dict, steps: int, warmup: int) -> dict[str, float]:
+    """Median seconds per step of each runner, taking turns step by step so that all of them
+    see the same load on a shared machine."""
+    times = {name: [] for name in runners}
     for i in range(warmup + steps):
-        start = time.perf_counter()
-        run_step()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
+        for name, run_step in runners.items():
+            start = time.perf_counter()
+            run_step()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def bench_jax(cfg: ModelConfig, batch, args) -> tuple[float, float]:
+def jax_runner(cfg: ModelConfig, batch):
+    """(run one step, compile seconds) for our jitted, donating train step."""
     step, state = make_jax_step(make_model_and_optimizer(cfg))
     batch = jax.device_put(batch)
     start = time.perf_counter()
@@ -123,7 +127,7 @@ def bench_jax(cfg: ModelConfig, batch, args) -> tuple[float, float]:
         holder["state"], loss = compiled(holder["state"], batch)
         loss.block_until_ready()
 
-    return statistics.median(time_steps(run, args.steps, args.warmup)), compile_s
+    return run, compile_s
 
 
 def compile_seconds(cfg: ModelConfig, batch) -> float:
@@ -145,7 +149,8 @@ def hf_model(cfg: ModelConfig):
     return model.train()
 
 
-def bench_hf(cfg: ModelConfig, batch, args, compile_model: bool) -> float:
+def hf_runner(cfg: ModelConfig, batch, compile_model: bool):
+    """Run one HF training step (forward, backward, AdamW), eager or under torch.compile."""
     import torch
 
     model = hf_model(cfg)
@@ -161,7 +166,7 @@ def bench_hf(cfg: ModelConfig, batch, args, compile_model: bool) -> float:
         out.loss.backward()
         optimizer.step()
 
-    return statistics.median(time_steps(run, args.steps, args.warmup))
+    return run
 
 
 def main(argv=None) -> int:
@@ -172,17 +177,20 @@ def main(argv=None) -> int:
     flops = step_flops(cfg, args.batch, args.enc_len, args.dec_len)
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  shape={args.shape} dtype={args.dtype} "
           f"attention={attention} remat={args.remat} batch={args.batch} Le={args.enc_len} Ld={args.dec_len}")
-    ours, compile_s = bench_jax(cfg, batch, args)
+    run_ours, compile_s = jax_runner(cfg, batch)
+    runners = {"ours (jax, jit+donate)": run_ours}
+    if not args.no_hf:
+        runners["HF T5 torch eager"] = hf_runner(cfg, batch, compile_model=False)
+        if args.torch_compile:
+            runners["HF T5 torch.compile"] = hf_runner(cfg, batch, compile_model=True)
+    times = time_interleaved(runners, args.steps, args.warmup)
+    ours = times.pop("ours (jax, jit+donate)")
     rate = f"{flops / 1e9:.1f} GFLOP/step, {flops / ours / 1e9:.1f} GFLOP/s"
     if jax.default_backend() == "gpu":
         rate += f", MFU {flops / ours / args.peak_flops:.1%} of {args.peak_flops / 1e12:.0f} TFLOP/s"
     print(f"ours (jax, jit+donate):  {ours * 1e3:8.1f} ms/step   (compile {compile_s:.1f} s)   {rate}")
-    if not args.no_hf:
-        eager = bench_hf(cfg, batch, args, compile_model=False)
-        print(f"HF T5 torch eager:       {eager * 1e3:8.1f} ms/step   ratio HF/ours = {eager / ours:.2f}x")
-        if args.torch_compile:
-            compiled = bench_hf(cfg, batch, args, compile_model=True)
-            print(f"HF T5 torch.compile:     {compiled * 1e3:8.1f} ms/step   ratio HF/ours = {compiled / ours:.2f}x")
+    for name, seconds in times.items():
+        print(f"{name + ':':24s} {seconds * 1e3:8.1f} ms/step   ratio HF/ours = {seconds / ours:.2f}x")
     for depth in [int(d) for d in args.compile_depths.split(",") if d]:
         deep = dataclasses.replace(cfg, num_encoder_layers=depth, num_decoder_layers=max(1, depth // 2))
         print(f"compile time, {depth} encoder / {max(1, depth // 2)} decoder layers: "
