@@ -212,6 +212,8 @@ def plan(spec: str, seeds: int, variants: list[str] | None, overrides: list[str]
         listed = ()  # an open-ended family (e.g. ablate_masking): --variants are its ARGs
     root = workdir_root or os.path.join(ROOT, "runs")
     args = pick_variants(listed, variants, path) if variants and listed else list(variants or listed)
+    if not args:
+        raise GridError(f"{os.path.relpath(path, ROOT)} lists no variants; name them with --variants=a,b")
     check_override_keys(load_config(path, args[0], []), overrides)
     # Seed-major: a first complete comparison (every variant at seed 0) comes before any repeat.
     return [make_job(path, a, s, overrides, flag_uri=flag_uri, workdir_root=root, mode=mode)
