@@ -114,6 +114,7 @@ class Tracker:
         self.uri, self.experiment, self.run_name, self.workdir = uri, experiment, run_name, workdir
         self.tags = {k: str(v) for k, v in (tags or {}).items()}
         self.flush_every_s, self.retry_every_s = flush_every_s, retry_every_s
+        self._retry_wait = retry_every_s  # doubles while the store stays down (each try can block seconds)
         self._client = None
         self._run_id: str | None = None
         self._pending: list[dict] = []
@@ -187,12 +188,14 @@ class Tracker:
             if self.offline:
                 log.warning("MLflow store %s is back; the journal has been sent", self.uri)
             self.offline = False
+            self._retry_wait = self.retry_every_s
             return
         if not self.offline:
             log.warning("MLflow store %s unreachable (%s); metrics go to %s until it is back",
                         self.uri, error, journal)
         self.offline = True
-        self._next_retry = time.monotonic() + self.retry_every_s
+        self._next_retry = time.monotonic() + self._retry_wait
+        self._retry_wait = min(2 * self._retry_wait, 600.0)
         _write_journal(journal, events[sent:])
 
     # ---- sending ----------------------------------------------------------------

@@ -389,6 +389,9 @@ def run(config, workdir: str, mode: str) -> None:
     start = time.monotonic()
     os.makedirs(workdir, exist_ok=True)
     model_cfg, model, tokenizer = build_model(config)
+    if config.init_from:  # the checkpoint's architecture is what runs: record it, not the shape's
+        for field in dataclasses.fields(model_cfg):
+            config.model[field.name] = getattr(model_cfg, field.name)
     pieces = Pieces(model_cfg, model, tokenizer, build_mesh(config))
     if mode == "downstream":
         tracker = make_tracker(config, os.path.join(workdir, "downstream"), run_name(config) + "-downstream",
