@@ -5,7 +5,6 @@ Parameters carry their logical axis names in the `logical_axes` metadata of thei
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Iterable, Sequence
 
 import jax
@@ -135,7 +134,3 @@ def shard_batch(batch, mesh, rules=RULES):
         spec = _fit_spec(logical_to_spec(("batch",) + (None,) * (x.ndim - 1), rules), x.shape, mesh)
         return jax.device_put(x, NamedSharding(mesh, spec))
     return jax.tree.map(put, batch)
-
-
-def mesh_size(mesh) -> int:
-    return math.prod(mesh.axis_sizes)
