@@ -68,11 +68,28 @@ def summarize(sums: dict, task_names: Sequence[str], prefix: str) -> dict[str, f
 
 
 # ---- state and steps --------------------------------------------------------------------------------
-def init_state(model: nnx.Module, tx) -> tuple[Any, dict]:
-    """(graphdef, state) for a model: its params, the rest of its state, and the optimizer state."""
+def init_state(model: nnx.Module, tx, mesh=None) -> tuple[Any, dict]:
+    """(graphdef, state) for a model: its params, the rest of its state, and the optimizer state.
+
+    With a mesh, every array not already laid out on it (counters, RNG, unsharded optimizer
+    statistics) is replicated over it, so a restored checkpoint lands where jit expects it.
+    """
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     opt_state = jax.jit(tx.init)(params)
-    return graphdef, {"step": jnp.zeros((), jnp.int32), "params": params, "rest": rest, "opt_state": opt_state}
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "rest": rest, "opt_state": opt_state}
+    return graphdef, (replicate_loose(state, mesh) if mesh is not None else state)
+
+
+def replicate_loose(tree, mesh):
+    """Replicates over `mesh` each array that is not already a NamedSharding on it."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    def place(x):
+        if isinstance(x, jax.Array) and not (isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh):
+            return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
+        return x
+
+    return jax.tree.map(place, tree)
 
 
 def _forward(graphdef, params, rest, batch, deterministic: bool, num_tasks: int):

@@ -259,7 +259,7 @@ def pretrain(config, workdir: str, tracker, pieces: Pieces) -> tuple[dict, int]:
     batches, eval_batches = build_data(config, pieces.tokenizer, mixture)
     shard_model(pieces.model, pieces.mesh)
     tx, schedule = make_optimizer(OptimizerSpec.from_config(config.optimizer, config.train.steps))
-    graphdef, state = train.init_state(pieces.model, tx)
+    graphdef, state = train.init_state(pieces.model, tx, pieces.mesh)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
     if checkpointer.latest_step() is not None:
         state, data_state = checkpointer.restore(None, state)

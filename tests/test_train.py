@@ -111,3 +111,27 @@ def test_non_finite_loss_stops_before_a_bad_checkpoint(tmp_path):
     with pytest.raises(train.NonFiniteLossError, match="non-finite loss .* at step 4"):
         run_loop(8, checkpointer=ckpt, batches=poisoned())
     assert ckpt.all_steps() == [2]  # the last good checkpoint is left in place
+
+
+def test_restored_state_trains_on_a_mesh(tmp_path):
+    """A checkpoint restored onto a (data, model) mesh feeds the jitted step without device errors."""
+    from ankh3.sharding import make_mesh, shard_model
+
+    mesh = make_mesh(data=2, model=2)
+    tx, _ = make_optimizer(OptimizerSpec(warmup_steps=1, total_steps=4))
+
+    def fresh():
+        return train.init_state(shard_model(T5(CFG, rngs=nnx.Rngs(0)), mesh), tx, mesh)
+
+    graphdef, state = fresh()
+    step = train.make_train_step(graphdef, tx, 2, False)
+    batch = train.device_batch(next(synthetic_batches(0)), mesh)
+    with jax.set_mesh(mesh):
+        state, _ = step(state, batch)
+    ckpt = Checkpointer(str(tmp_path / "ckpt"), async_save=False)
+    ckpt.save(1, state, {})
+    restored, _ = ckpt.restore(None, fresh()[1])  # as in a new process: outside the mesh context
+    with jax.set_mesh(mesh):
+        _, sums = step(restored, batch)
+        _, expected = step(state, batch)
+    assert float(sums["loss"]) == float(expected["loss"])
