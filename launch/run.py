@@ -244,8 +244,8 @@ def build_data(config, tokenizer, mixture):
     return train, [next(valid) for _ in range(config.train.eval_batches)]
 
 
-def pretrain(config, workdir: str, tracker, pieces: Pieces) -> tuple[dict, int]:
-    """Trains (or resumes) to config.train.steps; returns the final metrics and step."""
+def pretrain(config, workdir: str, tracker, pieces: Pieces):
+    """Trains (or resumes) to config.train.steps, or until a signal; returns the TrainResult."""
     import jax
 
     from ankh3 import train
@@ -286,12 +286,7 @@ def pretrain(config, workdir: str, tracker, pieces: Pieces) -> tuple[dict, int]:
 
     nnx.update(pieces.model, result.state["params"], result.state["rest"])
     write_pretrain_artifacts(tracker, workdir, task_names, result, config)
-    if result.stopped_by:
-        tracker.end("KILLED")
-        print(f"stopped by {result.stopped_by} at step {result.final_step}; checkpoint saved in {workdir}. "
-              "Re-run the same command to resume.", flush=True)
-        sys.exit(128 + int(getattr(signal, result.stopped_by)))
-    return result.metrics, result.final_step
+    return result
 
 
 def write_pretrain_artifacts(tracker, workdir: str, task_names, result, config) -> None:
@@ -370,6 +365,28 @@ def downstream(config, workdir: str, tracker, pieces: Pieces, encoder_id: str) -
 
 
 # ---- the end ---------------------------------------------------------------------------------------
+def stop(tracker, trained, workdir: str) -> None:
+    """After SIGTERM/SIGINT: the checkpoint is saved; mark the run and exit 128 + signal number."""
+    tracker.end("KILLED")
+    print(f"stopped by {trained.stopped_by} at step {trained.final_step}; checkpoint saved in {workdir}. "
+          "Re-run the same command to resume.", flush=True)
+    sys.exit(128 + int(getattr(signal, trained.stopped_by)))
+
+
+def write_summary(tracker, workdir: str, metrics: dict, results: list) -> None:
+    """summary.json (pretraining metrics and every probe's metrics) as an artifact; the probes'
+    test means also as metrics of this run, so runs compare side by side in the MLflow UI."""
+    probes = {f"downstream/{r.name}/{r.source}/{key}": value for r in results
+              for key, value in r.metrics.items() if key.startswith("test/") and key.endswith("_mean")}
+    if probes:
+        tracker.log_metrics(0, probes)
+    path = os.path.join(tracker.workdir, "summary.json")
+    with open(path, "w") as f:
+        json.dump({"pretrain": metrics, "downstream": [
+            {"task": r.name, "source": r.source, "metrics": r.metrics} for r in results]}, f, indent=1)
+    tracker.log_artifact(path)
+
+
 def print_summary(metrics: dict, results: list, uri: str, workdir: str, wall_s: float) -> None:
     from ankh3.tracking import ui_command
 
@@ -402,15 +419,21 @@ def run(config, workdir: str, mode: str) -> None:
     metrics, results = {}, []
     try:
         if mode in ("pretrain", "all"):
-            metrics, step = pretrain(config, workdir, tracker, pieces)
+            trained = pretrain(config, workdir, tracker, pieces)
+            if trained.stopped_by:
+                stop(tracker, trained, workdir)
+            metrics, step = trained.metrics, trained.final_step
         else:
             step = restore_for_downstream(config, workdir, pieces)
         if mode in ("downstream", "all"):
             encoder_id = f"{config.init_from or workdir}@step{step}"
             results = downstream(config, workdir, tracker, pieces, encoder_id)
-    except BaseException:
-        tracker.end("FAILED")
+    except SystemExit:  # `stop` already ended the run
         raise
+    except BaseException as e:
+        tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    write_summary(tracker, workdir, metrics, results)
     if not tracker.end("FINISHED"):
         print(f"MLflow store unreachable: metrics kept in {tracker.workdir}/metrics.jsonl; send them later with "
               f"python launch/run.py --sync_workdir={tracker.workdir}", flush=True)

@@ -87,7 +87,8 @@ def test_run_trains_and_logs_params_metrics_and_child_runs(setup, full_run):
     for key in ("train/nlu/loss", "train/s2s/accuracy", "eval/nlu/loss", "eval/s2s/accuracy", "perf/tokens_per_s"):
         assert key in parent.data.metrics
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"config.json", "pretrain_summary.json", "plots"} <= artifacts
+    assert {"config.json", "pretrain_summary.json", "summary.json", "plots"} <= artifacts
+    assert "downstream/gb1/model/test/spearman_mean" in parent.data.metrics
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {"plots/loss_nlu.png", "plots/loss_s2s.png"} <= plots
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
@@ -109,6 +110,10 @@ def test_sigterm_then_resume_gives_the_same_losses(setup, full_run):
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     stopped_at = max(losses(workdir))
     assert 2 <= stopped_at < STEPS
+    from mlflow import MlflowClient
+
+    run_id = json.load(open(os.path.join(workdir, "tracking.json")))["run_id"]
+    assert MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).get_run(run_id).info.status == "KILLED"
     resumed = run(args + [f"--workdir={workdir}", "--mode=pretrain"], env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from" in resumed.stdout
