@@ -2,10 +2,11 @@
 
     python analysis/aggregate.py --experiment=ablate_tasks                 # default store: sqlite:///mlflow.db
     python analysis/aggregate.py --experiment=paper --metrics='eval/*/loss,ssp3/model/test/*'
+    python analysis/aggregate.py --experiment=ablate_tasks@small           # runs of a family at a non-tiny shape
     python analysis/aggregate.py --sweep=masking --tracking_uri=http://localhost:5000
 
 For a family: one row per (metric, variant) with mean ± sd over seeds, n, and the paired difference
-from the family's baseline variant (same seeds) with a bootstrap 95% CI, plus the PUBLISHED Ankh3
+from the family's BASELINE variant (same seeds) with a bootstrap 95% CI, plus the PUBLISHED Ankh3
 figure where the task matches. Writes summary.md (also printed), summary.csv, summary.html (plots
 inlined) and PNGs into --out (default runs/analysis/NAME/), and logs them to a summary MLflow run.
 Bad input ends with one line on stderr and exit status 2.
@@ -31,9 +32,6 @@ import numpy as np  # noqa: E402
 from analysis.published import reference_text  # noqa: E402
 
 DEFAULT_METRICS = ("eval/loss", "eval/*/loss", "eval/accuracy", "*/model/test/*_mean")
-# The baseline variant of families whose files do not name one (BASELINE) yet.
-KNOWN_BASELINES = {"ablate_tasks": "both", "ablate_completion": "0.5", "ablate_xdenoiser": "off",
-                   "ablate_prefix": "nlu", "ablate_masking": "0.15,0.2,0.3", "paper": "both"}
 PARENT_TAG = "mlflow.parentRunId"
 SUMMARY_TAG = "ankh3.summary_of"
 CONFIDENCE = 0.95
@@ -243,8 +241,7 @@ def family_module(family: str):
 def pick_baseline(family: str, variants: set[str], flag: str | None) -> tuple[str, str]:
     """(baseline variant, where the choice came from)."""
     module = family_module(family)
-    candidates = [(flag, "--baseline"), (getattr(module, "BASELINE", None), f"experiments/{family}.py BASELINE"),
-                  (KNOWN_BASELINES.get(family), "the family's recipe variant")]
+    candidates = [(flag, "--baseline"), (getattr(module, "BASELINE", None), f"experiments/{family}.py BASELINE")]
     for name, source in candidates:
         if name:
             if flag and name == flag and name not in variants:
@@ -509,6 +506,14 @@ def load_study(name: str, storage: str | None, notes: list[str]):
 
 
 # ---- command line -----------------------------------------------------------------------------------
+def family_and_experiment(name: str, mlflow_experiment: str | None) -> tuple[str, str | None]:
+    """--experiment=FAMILY or FAMILY@SHAPE -> (family tag, MLflow experiment or None for the family's own).
+
+    experiments/common.py family_recipe puts runs of a non-tiny shape in the experiment FAMILY@SHAPE."""
+    family, at, _ = name.partition("@")
+    return family, mlflow_experiment or (name if at else None)
+
+
 def main(argv: list[str]) -> None:
     from absl import flags
 
@@ -522,8 +527,9 @@ def main(argv: list[str]) -> None:
     out_dir = os.path.abspath(F.out or os.path.join(ROOT, "runs", "analysis", name.replace("/", "_")))
     if F.experiment:
         patterns = tuple(F.metrics) if F.metrics else DEFAULT_METRICS
-        report = analyse_family(client, F.experiment, out_dir=out_dir, patterns=patterns, baseline=F.baseline,
-                                experiment=F.mlflow_experiment, log_run=F.log_run)
+        family, experiment = family_and_experiment(F.experiment, F.mlflow_experiment)
+        report = analyse_family(client, family, out_dir=out_dir, patterns=patterns, baseline=F.baseline,
+                                experiment=experiment, log_run=F.log_run)
     else:
         report = analyse_sweep(client, F.sweep, out_dir=out_dir, storage=F.storage, log_run=F.log_run)
     print(report.markdown)
@@ -535,7 +541,7 @@ def main(argv: list[str]) -> None:
 def define_flags() -> None:
     from absl import flags
 
-    flags.DEFINE_string("experiment", None, "family to summarise (the 'family' tag of its runs)")
+    flags.DEFINE_string("experiment", None, "family to summarise (the 'family' tag of its runs), or FAMILY@SHAPE")
     flags.DEFINE_string("sweep", None, "Optuna study name of a launch/sweep.py sweep to summarise")
     flags.DEFINE_string("tracking_uri", None, "MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     flags.DEFINE_string("mlflow_experiment", None, "MLflow experiment holding the family's runs (default: the family)")

@@ -42,6 +42,37 @@ def pick(arg: str | None, valid, family: str, default: str | None = None) -> str
     return arg
 
 
+def split_shape(arg: str | None, family: str, example: str) -> tuple[str, str]:
+    """'VARIANT@SHAPE' -> ('VARIANT', 'SHAPE'); no '@' means the tiny shape. One line for an unknown shape."""
+    name, sep, shape = (arg or "").partition("@")
+    shape = shape if sep else "tiny"
+    if shape not in RUN_SIZES:
+        raise ConfigError(f"experiments/{family}.py: unknown shape {shape!r} in {arg!r}; valid shapes: "
+                          f"{', '.join(RUN_SIZES)} (e.g. --config=experiments/{family}.py:{example}@small)")
+    return name, shape
+
+
+def pick_variant(arg: str | None, valid, family: str, default: str | None = None) -> tuple[str, str]:
+    """(variant, shape) named by ARG = VARIANT or VARIANT@SHAPE, or one line listing the valid ones."""
+    example = default or list(valid)[0]
+    name, shape = split_shape(arg, family, example)
+    name = default if name == "" else name
+    if name not in valid:
+        got = "needs a variant" if name is None else f"unknown variant {name!r}"
+        raise ConfigError(f"experiments/{family}.py: {got}; valid: {', '.join(valid)} with an optional @SHAPE, "
+                          f"SHAPE one of {', '.join(RUN_SIZES)} (e.g. --config=experiments/{family}.py:{example}@small)")
+    return name, shape
+
+
+def family_recipe(family: str, variant: str, shape: str) -> ml_collections.ConfigDict:
+    """The Ankh3 recipe for one variant of a family at SHAPE. Runs of a non-tiny shape go to the MLflow
+    experiment FAMILY@SHAPE, so that an analysis never pairs seeds of different shapes."""
+    c = ankh3_recipe(shape, family=family, variant=variant)
+    if shape != "tiny":
+        c.tracking.experiment = f"{family}@{shape}"
+    return c
+
+
 def span_corruption(weight: float, noise_density=(0.15, 0.2, 0.3), mean_span_length: float = 1.0,
                     task_token: str = "[NLU]") -> dict:
     """Ankh3's denoiser: single-residue spans, the masking probability drawn per batch."""

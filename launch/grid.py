@@ -1,14 +1,15 @@
 """Run every variant of an experiments family x N seeds; skip finished runs, resume unfinished ones.
 
     python launch/grid.py --config=experiments/ablate_tasks.py --seeds=3                # 3 variants x 3 seeds
-    python launch/grid.py --config=experiments/paper.py:small --seeds=3 --jobs=2        # the paper's matrix
+    python launch/grid.py --config=experiments/paper.py --shape=small --seeds=3 --jobs=2  # the paper's matrix
     python launch/grid.py --config=experiments/ablate_completion.py --variants=0.25,0.75 --config.train.steps=100
 
 Each (variant, seed) is one `launch/run.py` process and one MLflow run tagged family, variant, seed and
 config_hash (a hash of the resolved config without seed and tracking). Re-running the same command
 skips the runs that are FINISHED in MLflow with those four tags and resumes the others from the
 checkpoints in their workdir (runs/EXPERIMENT/VARIANT-sSEED-HASH). --config.KEY=VALUE overrides go to
-every run. Bad input ends with one line on stderr and exit status 2; failed runs give exit status 1.
+every run. A family file lists its variants in VARIANTS (docs/interfaces.md, "Experiment families");
+--shape=SHAPE runs each as VARIANT@SHAPE (default tiny). Bad input ends with one line on stderr and exit status 2; failed runs give exit status 1.
 """
 from __future__ import annotations
 
@@ -30,8 +31,6 @@ RUN_SCRIPT = os.path.join(ROOT, "launch", "run.py")
 LOG_FILE = "launch.log"
 # Fields that do not change what a run computes, so they stay out of the config hash.
 UNHASHED = ("seed", "tracking", "budget", "downstream.cache_dir", "data.worker_count", "train.progress_every_s")
-# Families written before the VARIANTS convention: the attribute that names their variants.
-LEGACY_VARIANT_ATTRS = ("VARIANTS", "FRACTIONS", "PREFIXES")
 
 
 class GridError(ValueError):
@@ -60,22 +59,13 @@ def load_module(path: str):
     return module
 
 
-def list_variants(module, path: str, arg: str | None) -> tuple[str, ...]:
-    """The ARGs of every variant: `variants(arg)` if the file defines it, else its VARIANTS (keys of a dict)."""
-    if callable(getattr(module, "variants", None)):
-        try:
-            return tuple(str(v) for v in module.variants(arg))
-        except ValueError as e:  # ConfigError of a bad ARG
-            raise GridError(str(e).strip().splitlines()[-1]) from None
-    if arg is not None:
-        raise GridError(f"{os.path.relpath(path, ROOT)} has no variants(ARG) function, so ':{arg}' means nothing "
-                        "to the grid; drop it or pick variants with --variants=a,b")
-    for attr in LEGACY_VARIANT_ATTRS:
-        found = getattr(module, attr, None)
-        if isinstance(found, (dict, tuple, list)) and found:
-            return tuple(str(v) for v in found)
-    raise GridError(f"{os.path.relpath(path, ROOT)} lists no variants (no VARIANTS or variants()); "
-                    "name them with --variants=a,b (e.g. --variants=0.15,0.15/3)")
+def list_variants(module, path: str) -> tuple[str, ...]:
+    """The family's VARIANTS (docs/interfaces.md: every experiments family file defines it)."""
+    found = getattr(module, "VARIANTS", None)
+    if isinstance(found, (tuple, list)) and found:
+        return tuple(str(v) for v in found)
+    raise GridError(f"{os.path.relpath(path, ROOT)} defines no VARIANTS tuple; add one (docs/interfaces.md, "
+                    "Experiment families) or name the variants with --variants=a,b")
 
 
 def load_config(path: str, arg: str | None, overrides: list[str]):
@@ -198,38 +188,25 @@ def make_job(path: str, arg: str | None, seed: int, overrides: list[str], *, fla
 
 
 def plan(spec: str, seeds: int, variants: list[str] | None, overrides: list[str], *, flag_uri: str | None = None,
-         workdir_root: str | None = None, mode: str = "all") -> list[Job]:
-    """Every (variant, seed) job of a family; `variants` (ARGs or variant names) narrows the list."""
+         workdir_root: str | None = None, mode: str = "all", shape: str | None = None) -> list[Job]:
+    """Every (variant, seed) job of a family at `shape`; `variants` narrows the list (or, for an
+    open-ended family such as ablate_masking, names ARGs beyond its listed examples)."""
     if seeds < 1:
         raise GridError(f"--seeds={seeds}: need at least 1")
     path, arg = split_spec(spec)
-    module = load_module(path)
-    try:
-        listed = list_variants(module, path, arg)
-    except GridError:
-        if not variants or arg is not None:
-            raise
-        listed = ()  # an open-ended family (e.g. ablate_masking): --variants are its ARGs
+    if arg is not None:
+        raise GridError(f"--config={spec}: the grid runs every variant of a family, so it takes no ':ARG'; "
+                        "pick variants with --variants=a,b and the model shape with --shape=SHAPE")
+    listed = list_variants(load_module(path), path) if not variants else ()
+    names = list(variants or listed)
+    if any("@" in n for n in names):
+        raise GridError(f"--variants={','.join(names)}: give the shape once with --shape=SHAPE, not per variant")
+    args = [f"{n}@{shape}" if shape else n for n in names]
     root = workdir_root or os.path.join(ROOT, "runs")
-    args = pick_variants(listed, variants, path) if variants and listed else list(variants or listed)
-    if not args:
-        raise GridError(f"{os.path.relpath(path, ROOT)} lists no variants; name them with --variants=a,b")
     check_override_keys(load_config(path, args[0], []), overrides)
     # Seed-major: a first complete comparison (every variant at seed 0) comes before any repeat.
     return [make_job(path, a, s, overrides, flag_uri=flag_uri, workdir_root=root, mode=mode)
             for s in range(seeds) for a in args]
-
-
-def pick_variants(listed, wanted: list[str], path: str) -> list[str]:
-    """The listed ARGs matching `wanted` by ARG or by the part before '@' (paper.py's VARIANT@SHAPE)."""
-    chosen = []
-    for name in wanted:
-        match = [a for a in listed if a == name or a.split("@")[0] == name]
-        if not match:
-            raise GridError(f"--variants: {name!r} is not a variant of {os.path.relpath(path, ROOT)}; "
-                            f"valid: {', '.join(listed)}")
-        chosen += match
-    return chosen
 
 
 # ---- MLflow -----------------------------------------------------------------------------------------
@@ -383,7 +360,8 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def define_flags(flags) -> None:
-    flags.DEFINE_string("config", None, "experiments file, optionally with :ARG for families that take one")
+    flags.DEFINE_string("config", None, "experiments family file (no :ARG; see --variants and --shape)")
+    flags.DEFINE_string("shape", None, "model shape of every run (experiments/common.py RUN_SIZES; default tiny)")
     flags.DEFINE_integer("seeds", 1, "seeds 0..N-1 per variant")
     flags.DEFINE_list("variants", None, "only these variants (ARGs or names); default: all of the family")
     flags.DEFINE_multi_string("variant", None, "one more variant, repeatable (for ARGs with commas: --variant=0.15,0.3)")
@@ -419,7 +397,8 @@ def main() -> None:
         if F.jobs < 1:
             raise GridError(f"--jobs={F.jobs}: need at least 1")
         jobs = plan(F.config, F.seeds, [*(F.variants or []), *(F.variant or [])] or None, overrides, flag_uri=F.tracking_uri,
-                    workdir_root=os.path.abspath(F.workdir_root) if F.workdir_root else None, mode=F.mode)
+                    workdir_root=os.path.abspath(F.workdir_root) if F.workdir_root else None, mode=F.mode,
+                    shape=F.shape)
         if F.dry_run:
             from mlflow import MlflowClient
 

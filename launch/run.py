@@ -4,7 +4,7 @@
     python launch/run.py --config=experiments/ablate_completion.py:0.75 --config.seed=1
     python launch/run.py --config=experiments/base.py --dry_run             # config, size and token budget
     python launch/run.py --config=experiments/base.py --mode=downstream     # probe a workdir's checkpoint
-    python launch/run.py --sync_workdir=runs/base/tiny-s0                   # send an offline run to MLflow
+    python launch/run.py --sync_workdir=runs/base/ankh3-s0                  # send an offline run to MLflow
 
 Re-running the same command with the same --workdir resumes from its last checkpoint. Bad input
 (unknown config argument or key, unreadable data) ends with one line on stderr and exit status 2.

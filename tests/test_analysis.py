@@ -185,3 +185,19 @@ def test_same_analysis_through_a_tracking_server(tracking_server, tmp_path):
     assert row(result, "eval/loss", "alt").diff == pytest.approx(-0.7)
     logged = client.list_artifacts(result.summary_run_id, "summary")
     assert "summary.html" in {os.path.basename(a.path) for a in logged}
+
+
+@pytest.mark.parametrize("family,expected", [("ablate_tasks", "both"), ("ablate_completion", "0.5"),
+                                             ("ablate_xdenoiser", "off"), ("ablate_prefix", "nlu"),
+                                             ("ablate_masking", "0.15,0.2,0.3"), ("paper", "both"), ("base", "ankh3")])
+def test_baseline_comes_from_the_family_file(family, expected):
+    name, source = aggregate.pick_baseline(family, {expected, "zzz"}, None)
+    assert (name, source) == (expected, f"experiments/{family}.py BASELINE")
+    # A family file without BASELINE (here: none at all) falls back to the first variant, and says so.
+    assert aggregate.pick_baseline("no_such_family", {"b", "a"}, None)[0] == "a"
+
+
+def test_family_at_shape_reads_that_shapes_experiment():
+    assert aggregate.family_and_experiment("ablate_tasks", None) == ("ablate_tasks", None)
+    assert aggregate.family_and_experiment("ablate_tasks@small", None) == ("ablate_tasks", "ablate_tasks@small")
+    assert aggregate.family_and_experiment("paper@small", "mine") == ("paper", "mine")

@@ -74,3 +74,50 @@ def test_ablations_change_what_they_name():
     assert masking.noise_density == (0.15, 0.3) and masking.mean_span_length == 3.0
     assert get_config("ablate_prefix", "s2s").downstream.prefix == "[S2S]"
     assert get_config("ablate_prefix", "nlu").downstream.prefix == "[NLU]"
+
+
+ALL_FAMILIES = ("base", "ablate_tasks", "ablate_completion", "ablate_xdenoiser", "ablate_masking", "ablate_prefix",
+                "paper")
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_family_lists_variants_and_a_buildable_baseline(family):
+    module = importlib.import_module(f"experiments.{family}")
+    assert isinstance(module.VARIANTS, tuple) and module.BASELINE in module.VARIANTS
+    for name in module.VARIANTS:
+        assert module.get_config(name).variant == name
+    # The baseline is the Ankh3 recipe: the same objectives and probe prefix as experiments/base.py.
+    base, baseline = get_config("base", None), module.get_config(module.BASELINE)
+    assert build_mixture(baseline.objectives).task_names == ("nlu", "s2s")
+    assert baseline.objectives.nlu.to_dict() == base.objectives.nlu.to_dict()
+    assert baseline.objectives.s2s.to_dict() == base.objectives.s2s.to_dict()
+    assert baseline.downstream.prefix == base.downstream.prefix
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_every_family_runs_a_variant_at_a_larger_shape(family):
+    module = importlib.import_module(f"experiments.{family}")
+    name = module.VARIANTS[-1]
+    tiny, small = module.get_config(name), module.get_config(f"{name}@small")
+    assert (tiny.model.shape, small.model.shape) == ("tiny", "small")
+    assert small.data.batch_size > tiny.data.batch_size and small.variant == tiny.variant == name
+    assert small.objectives.to_dict() == tiny.objectives.to_dict()
+    assert small.downstream.prefix == tiny.downstream.prefix
+    # Separate MLflow experiments, so an analysis never pairs seeds of different shapes.
+    assert (tiny.tracking.experiment, small.tracking.experiment) == ("", f"{family}@small")
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_unknown_shape_is_one_line_listing_the_shapes(family):
+    module = importlib.import_module(f"experiments.{family}")
+    with pytest.raises(ConfigError) as e:
+        module.get_config(f"{module.VARIANTS[0]}@huge")
+    message = str(e.value)
+    assert "\n" not in message and f"experiments/{family}.py" in message
+    assert "'huge'" in message and "tiny, small, ankh3_large, ankh3_xl" in message
+
+
+def test_unknown_variant_with_a_shape_lists_variants_and_shapes():
+    with pytest.raises(ConfigError, match=r"unknown variant 'mlm'; valid: mlm_only, completion_only, both with an "
+                                          r"optional @SHAPE, SHAPE one of tiny, small"):
+        get_config("ablate_tasks", "mlm@small")

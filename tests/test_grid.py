@@ -109,4 +109,44 @@ def test_bad_variant_is_one_line_and_exit_2(tmp_path):
                      f"--tracking_uri=sqlite:///{tmp_path}/m.db", "--dry_run")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: --variants: 'nope' is not a variant of experiments/ablate_tasks.py; valid: mlm_only, completion_only, both"]
+        "error: experiments/ablate_tasks.py: unknown variant 'nope'; valid: mlm_only, completion_only, both with an "
+        "optional @SHAPE, SHAPE one of tiny, small, ankh3_large, ankh3_xl "
+        "(e.g. --config=experiments/ablate_tasks.py:mlm_only@small)"]
+
+
+def test_shape_flag_runs_every_listed_variant_at_that_shape_in_its_own_experiment(tmp_path):
+    from launch import grid
+
+    jobs = grid.plan("experiments/ablate_prefix.py", 2, None, [], flag_uri=f"sqlite:///{tmp_path}/m.db",
+                     workdir_root=str(tmp_path), shape="small")
+    assert [(j.arg, j.variant, j.seed) for j in jobs] == [("nlu@small", "nlu", 0), ("s2s@small", "s2s", 0),
+                                                          ("nlu@small", "nlu", 1), ("s2s@small", "s2s", 1)]
+    assert {j.experiment for j in jobs} == {"ablate_prefix@small"}
+    assert all(grid.load_config(j.path, j.arg, []).model.shape == "small" for j in jobs)
+    # The default shape is tiny, in the family's own experiment, and hashes differently.
+    tiny = grid.plan("experiments/ablate_prefix.py", 1, ["nlu"], [], flag_uri=f"sqlite:///{tmp_path}/m.db",
+                     workdir_root=str(tmp_path))
+    assert tiny[0].experiment == "ablate_prefix" and tiny[0].config_hash != jobs[0].config_hash
+
+
+def test_open_ended_family_runs_its_examples_or_the_named_args(tmp_path):
+    from launch import grid
+    from experiments import ablate_masking
+
+    kwargs = dict(flag_uri=f"sqlite:///{tmp_path}/m.db", workdir_root=str(tmp_path))
+    listed = grid.plan("experiments/ablate_masking.py", 1, None, [], **kwargs)
+    assert [j.variant for j in listed] == list(ablate_masking.VARIANTS)
+    named = grid.plan("experiments/ablate_masking.py", 1, ["0.1,0.4/2"], [], **kwargs)
+    assert [j.variant for j in named] == ["0.1,0.4/2"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--config=experiments/paper.py:small",), "takes no ':ARG'"),
+    (("--config=experiments/ablate_tasks.py", "--shape=huge"), "unknown shape 'huge'"),
+    (("--config=experiments/ablate_tasks.py", "--variants=both@small"), "give the shape once with --shape"),
+])
+def test_shape_mistakes_are_one_line_and_exit_2(tmp_path, args, message):
+    result = run_cli("launch/grid.py", *args, f"--tracking_uri=sqlite:///{tmp_path}/m.db", "--dry_run")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr

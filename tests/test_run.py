@@ -73,13 +73,13 @@ def test_run_trains_and_logs_params_metrics_and_child_runs(setup, full_run):
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("base")
     assert experiment.artifact_location.endswith("/mlruns/base")
-    (parent,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'tiny-s0'")
-    assert parent.info.run_name == "tiny-s0" and parent.info.status == "FINISHED"
+    (parent,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'ankh3-s0'")
+    assert parent.info.run_name == "ankh3-s0" and parent.info.status == "FINISHED"
     params, tags = parent.data.params, parent.data.tags
     assert params["train.steps"] == str(STEPS) and params["model.d_model"] == "64"
     assert params["objectives.nlu.noise_density"] == "[0.15, 0.2, 0.3]"
     assert params["budget.total_tokens"] == str(STEPS * 8 * (96 + 64))
-    assert {tags["family"], tags["variant"], tags["seed"]} == {"base", "tiny", "0"}
+    assert {tags["family"], tags["variant"], tags["seed"]} == {"base", "ankh3", "0"}
     assert tags["git_commit"] and tags["device_kind"] and tags["jax_version"]
     history = client.get_metric_history(parent.info.run_id, "train/loss")
     assert [m.step for m in history] == list(range(1, STEPS + 1))
