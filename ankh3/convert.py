@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import struct
@@ -26,6 +27,7 @@ TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json",
                    "special_tokens_map.json", "added_tokens.json")
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
+log = logging.getLogger(__name__)
 
 # HF tensors that duplicate `shared` or that HF itself never uses.
 _IGNORED = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
@@ -357,8 +359,24 @@ def export_hf(cfg, flat: dict[str, np.ndarray], out_dir: str, tokenizer_src=None
     _place_tokenizer(tokenizer_src, out_dir)
 
 
+def default_tokenizer(vocab_size: int, out_dir: str) -> Tokenizer:
+    """The tokenizer this repository trains with (`Tokenizer.default`), for weights saved without one."""
+    try:
+        tok = Tokenizer.default(vocab_size)
+    except TokenizeError as e:
+        raise ConversionError(f"{out_dir}: no tokenizer given and the default one does not fit ({e}); "
+                              "pass tokenizer_src (a HF directory or a Tokenizer)") from None
+    log.warning("%s: no tokenizer given; writing the default tokenizer of vocab_size %d (ankh3.tokenizer "
+                "Tokenizer.default, the ids of models trained by launch/run.py)", out_dir, vocab_size)
+    return tok
+
+
 def save_pretrained_dir(out_dir: str, cfg, flat: dict[str, np.ndarray], tokenizer_src=None) -> None:
-    """Orbax params + model_config.json + tokenizer files: what `--config.init_from=DIR` reads."""
+    """Orbax params + model_config.json + tokenizer files: what `--config.init_from=DIR` reads.
+
+    Without `tokenizer_src` the default tokenizer of cfg.vocab_size is written (and a warning logged),
+    so that the directory always states the ids its weights use instead of a reader guessing them.
+    """
     import orbax.checkpoint as ocp
 
     out_dir = os.path.abspath(out_dir)
@@ -369,7 +387,8 @@ def save_pretrained_dir(out_dir: str, cfg, flat: dict[str, np.ndarray], tokenize
         ckptr.save(os.path.join(out_dir, PARAMS_DIR), {k: np.asarray(v) for k, v in flat.items()})
     with open(os.path.join(out_dir, MODEL_CONFIG_FILE), "w") as f:
         json.dump(dataclasses.asdict(cfg), f, indent=2)
-    _place_tokenizer(tokenizer_src, out_dir)
+    _place_tokenizer(tokenizer_src if tokenizer_src is not None else default_tokenizer(cfg.vocab_size, out_dir),
+                     out_dir)
 
 
 def read_pretrained_dir(ckpt_dir: str, **overrides):
@@ -405,6 +424,13 @@ def load_pretrained_dir(ckpt_dir: str, seed: int = 0, **overrides):
     from ankh3.model import T5, load_flat_params
 
     cfg, flat = read_pretrained_dir(ckpt_dir, **overrides)
+    if not any(os.path.exists(os.path.join(ckpt_dir, name)) for name in TOKENIZER_FILES[:2]):
+        # Not guessed: ids that differ from the training tokenizer's would feed the model wrong tokens.
+        raise ConversionError(f"{os.path.abspath(ckpt_dir)}: no tokenizer.json or spiece.model (saved by an older "
+                              "version without one); add the tokenizer the weights were trained with, e.g. for a "
+                              "model trained here: python -c \"from ankh3.convert import write_tokenizer_json; "
+                              f"from ankh3.tokenizer import Tokenizer; write_tokenizer_json(Tokenizer.default("
+                              f"{cfg.vocab_size}), '{ckpt_dir}')\"")
     model = T5(cfg, rngs=nnx.Rngs(seed))
     load_flat_params(model, flat)
     return cfg, model, read_tokenizer(ckpt_dir, cfg.vocab_size)

@@ -244,3 +244,50 @@ def test_bad_input_is_a_conversion_error(hf_dir, case):
     damage(path)
     with pytest.raises(ConversionError, match=message):
         convert.import_hf(str(path))
+
+
+def test_saved_without_tokenizer_writes_the_default_one(tmp_path, caplog):
+    out = tmp_path / "ckpt"
+    with caplog.at_level("WARNING", logger="ankh3.convert"):
+        convert.save_pretrained_dir(str(out), CFG, random_flat(CFG))
+    assert "default tokenizer of vocab_size 40" in caplog.text
+    assert (out / "tokenizer.json").exists()
+    assert convert.load_pretrained_dir(str(out))[2].pieces == Tokenizer.default(CFG.vocab_size).pieces
+
+
+def test_dir_without_tokenizer_files_is_one_line_with_the_fix(tmp_path):
+    out = tmp_path / "ckpt"
+    convert.save_pretrained_dir(str(out), CFG, random_flat(CFG))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        os.remove(out / name)  # as written by versions before the default tokenizer
+    with pytest.raises(ConversionError) as e:
+        convert.load_pretrained_dir(str(out))
+    assert "\n" not in str(e.value) and "no tokenizer.json or spiece.model" in str(e.value)
+    assert "Tokenizer.default(40)" in str(e.value)
+
+
+def test_downstream_run_from_a_dir_saved_without_tokenizer(tmp_path):
+    """python launch/run.py --mode=downstream --config.init_from=DIR, end to end on a tiny probe."""
+    from mlflow import MlflowClient
+
+    ckpt = tmp_path / "ckpt"
+    cfg = dataclasses.replace(CFG, vocab_size=48)  # any size: the saved tokenizer has as many ids
+    convert.save_pretrained_dir(str(ckpt), cfg, random_flat(cfg))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
+    env.pop("XLA_FLAGS", None)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, "launch/run.py", "--config=experiments/base.py", "--mode=downstream",
+         f"--config.init_from={ckpt}", f"--workdir={tmp_path / 'work'}", "--config.downstream.tasks=('gb1',)",
+         "--config.downstream.max_per_split=16", "--config.downstream.epochs=1",
+         "--config.downstream.controls=('onehot',)"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("base").experiment_id])
+    probes = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert set(probes) == {"gb1/model", "gb1/onehot"}
+    assert np.isfinite(list(probes["gb1/model"].data.metrics.values())).all()
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.info.status == "FINISHED" and parent.data.params["init_from"] == str(ckpt)
