@@ -180,6 +180,19 @@ def test_training_steps_lower_the_loss():
     assert losses[-1] < 0.7 * losses[0]
 
 
+@pytest.mark.parametrize("tie", [False, True])
+def test_fresh_model_starts_near_uniform_loss(tie):
+    # T5X's fan_in head init: a fresh model's loss is about ln(vocab), not the ~30 of a std-1 head.
+    cfg = get_shape("tiny", tie_embeddings=tie)
+    m = T5(cfg, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    enc, targets = (rng.integers(3, cfg.vocab_size, (4, n)).astype(np.int32) for n in (64, 48))
+    dec_in = np.concatenate([np.zeros((4, 1), np.int32), targets[:, :-1]], axis=1)
+    log_probs = jax.nn.log_softmax(m(enc, dec_in, encoder_mask=enc != 0, deterministic=True))
+    loss = -float(jnp.mean(jnp.take_along_axis(log_probs, targets[..., None], axis=-1)))
+    assert 0.8 * np.log(cfg.vocab_size) < loss < 2 * np.log(cfg.vocab_size)
+
+
 def test_dropout_draws_fresh_masks_only_when_not_deterministic():
     m = T5(dataclasses.replace(CFG, dropout_rate=0.2), rngs=nnx.Rngs(0))
     enc, dec = tokens(), tokens(length=5, seed=1)
