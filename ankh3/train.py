@@ -21,9 +21,11 @@ import numpy as np
 from flax import nnx
 
 from ankh3.sharding import shard_batch
+from ankh3.tokenizer import RESIDUES, Tokenizer
 
 BATCH_KEYS = ("encoder_tokens", "decoder_inputs", "decoder_targets", "decoder_weights", "task")
 HISTORY = "history.jsonl"
+SUM_KEYS = ("nll", "tokens", "correct", "residues")  # what token_metrics sums per task
 
 
 class NonFiniteLossError(RuntimeError):
@@ -31,39 +33,64 @@ class NonFiniteLossError(RuntimeError):
 
 
 # ---- loss -------------------------------------------------------------------------------------------
-def token_metrics(logits: jax.Array, batch: dict, num_tasks: int) -> tuple[jax.Array, dict]:
+def residue_ids(tokenizer: Tokenizer) -> np.ndarray:
+    """The ids of the tokenizer's residue tokens: the targets that token accuracy counts."""
+    return np.unique(tokenizer.encode(RESIDUES, on_invalid="x")).astype(np.int32)
+
+
+def _residue_lookup(vocab_size: int, ids: Sequence[int] | None) -> jax.Array:
+    """A [vocab] float mask of residue ids; None means the default tokenizer's residues."""
+    ids = residue_ids(Tokenizer.default(vocab_size)) if ids is None else np.asarray(ids, np.int32)
+    mask = np.zeros(vocab_size, np.float32)
+    mask[ids] = 1.0
+    return jnp.asarray(mask)
+
+
+def token_metrics(logits: jax.Array, batch: dict, num_tasks: int,
+                  residues: Sequence[int] | None = None) -> tuple[jax.Array, dict]:
     """Mean cross-entropy per target token, and sums per task for exact averaging over many batches.
 
-    Returns (loss, sums) where sums holds `nll`, `correct`, `tokens` as float32 [num_tasks].
+    The loss covers every target token (residues, sentinels, EOS), as in T5. Accuracy counts only
+    residue targets (`residues`: their ids; None = those of `Tokenizer.default` for this vocabulary):
+    sentinels and EOS are nearly free to predict and would otherwise make up half of a denoising
+    target. Returns (loss, sums) where sums holds `nll`, `tokens` (all targets), `correct` and
+    `residues` (residue targets only) as float32 [num_tasks].
     """
     logits = logits.astype(jnp.float32)
     targets = batch["decoder_targets"]
     weights = batch["decoder_weights"].astype(jnp.float32)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    is_residue = weights * _residue_lookup(logits.shape[-1], residues)[targets]
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
     per_task = jax.nn.one_hot(batch["task"], num_tasks, dtype=jnp.float32)  # [B, T]
     sums = {
         "nll": per_task.T @ jnp.sum(nll * weights, axis=1),
-        "correct": per_task.T @ jnp.sum(correct * weights, axis=1),
         "tokens": per_task.T @ jnp.sum(weights, axis=1),
+        "correct": per_task.T @ jnp.sum(correct * is_residue, axis=1),
+        "residues": per_task.T @ jnp.sum(is_residue, axis=1),
     }
     loss = jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)
     return loss, sums
 
 
 def summarize(sums: dict, task_names: Sequence[str], prefix: str) -> dict[str, float]:
-    """Summed per-task counts -> {prefix/loss, prefix/accuracy, prefix/TASK/loss, prefix/TASK/accuracy}."""
-    nll, correct, tokens = (np.asarray(sums[k], np.float64) for k in ("nll", "correct", "tokens"))
+    """Summed per-task counts -> {prefix/loss, prefix/accuracy, prefix/TASK/loss, prefix/TASK/accuracy}.
+
+    `loss` is the mean cross-entropy over all target tokens; `accuracy` is residue accuracy: the
+    fraction of residue targets (not sentinel, EOS or padding) predicted exactly by argmax.
+    """
+    nll, tokens, correct, residues = (np.asarray(sums[k], np.float64) for k in SUM_KEYS)
     out = {}
-    total = tokens.sum()
-    if total > 0:
-        out[f"{prefix}/loss"] = float(nll.sum() / total)
-        out[f"{prefix}/accuracy"] = float(correct.sum() / total)
+    if tokens.sum() > 0:
+        out[f"{prefix}/loss"] = float(nll.sum() / tokens.sum())
+    if residues.sum() > 0:
+        out[f"{prefix}/accuracy"] = float(correct.sum() / residues.sum())
     for i, name in enumerate(task_names):
         if tokens[i] > 0:
             out[f"{prefix}/{name}/loss"] = float(nll[i] / tokens[i])
-            out[f"{prefix}/{name}/accuracy"] = float(correct[i] / tokens[i])
+        if residues[i] > 0:
+            out[f"{prefix}/{name}/accuracy"] = float(correct[i] / residues[i])
     return out
 
 
@@ -92,22 +119,28 @@ def replicate_loose(tree, mesh):
     return jax.tree.map(place, tree)
 
 
-def _forward(graphdef, params, rest, batch, deterministic: bool, num_tasks: int):
+def _forward(graphdef, params, rest, batch, deterministic: bool, num_tasks: int, residues=None):
     model = nnx.merge(graphdef, params, rest)
     tokens = batch["encoder_tokens"]
     logits = model(tokens, batch["decoder_inputs"], encoder_mask=tokens != 0, deterministic=deterministic)
-    loss, sums = token_metrics(logits, batch, num_tasks)
+    loss, sums = token_metrics(logits, batch, num_tasks, residues)
     _, _, new_rest = nnx.split(model, nnx.Param, ...)
     return loss, (sums, new_rest)
 
 
-def make_train_step(graphdef, tx, num_tasks: int, dropout: bool) -> Callable:
-    """jit(state, batch) -> (state, sums): one micro-batch of gradient (one update without accumulation)."""
+def make_train_step(graphdef, tx, num_tasks: int, dropout: bool, residues: Sequence[int] | None = None) -> Callable:
+    """jit(state, batch) -> (state, sums): one micro-batch of gradient (one update without accumulation).
+
+    `residues`: the residue token ids that accuracy counts (`residue_ids(tokenizer)`); None = the
+    default tokenizer's, which is wrong for a converted checkpoint with another vocabulary layout.
+    """
+    residues = None if residues is None else tuple(int(i) for i in residues)
     import optax
 
     def train_step(state, batch):
         grad_fn = jax.value_and_grad(_forward, argnums=1, has_aux=True)
-        (loss, (sums, rest)), grads = grad_fn(graphdef, state["params"], state["rest"], batch, not dropout, num_tasks)
+        (loss, (sums, rest)), grads = grad_fn(graphdef, state["params"], state["rest"], batch, not dropout,
+                                              num_tasks, residues)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         sums = dict(sums, loss=loss, grad_norm=optax.global_norm(grads))
@@ -116,9 +149,12 @@ def make_train_step(graphdef, tx, num_tasks: int, dropout: bool) -> Callable:
     return jax.jit(train_step, donate_argnums=(0,))
 
 
-def make_eval_step(graphdef, num_tasks: int) -> Callable:
+def make_eval_step(graphdef, num_tasks: int, residues: Sequence[int] | None = None) -> Callable:
+    """jit(state, batch) -> sums, without dropout; `residues` as in make_train_step."""
+    residues = None if residues is None else tuple(int(i) for i in residues)
+
     def eval_step(state, batch):
-        _, (sums, _) = _forward(graphdef, state["params"], state["rest"], batch, True, num_tasks)
+        _, (sums, _) = _forward(graphdef, state["params"], state["rest"], batch, True, num_tasks, residues)
         return sums
 
     return jax.jit(eval_step)
@@ -131,7 +167,7 @@ def device_batch(batch: dict, mesh) -> dict:
 
 
 def evaluate(eval_step, state, batches: Sequence[dict], task_names, prefix: str = "eval") -> dict[str, float]:
-    """Token-weighted loss and accuracy over fixed held-out batches (already on device)."""
+    """Token-weighted loss and residue accuracy over fixed held-out batches (already on device)."""
     totals = None
     for batch in batches:
         sums = eval_step(state, batch)
@@ -269,7 +305,7 @@ def _window_metrics(window: list[dict], task_names, step: int) -> dict[str, floa
             f"non-finite loss ({losses[bad]}) at step {step - len(window) + bad + 1}; stopping with the last good "
             "checkpoint in place. Lower optimizer.learning_rate, raise optimizer.warmup_steps or keep "
             "optimizer.clip_norm > 0")
-    totals = {k: np.sum([w[k] for w in fetched], axis=0) for k in ("nll", "correct", "tokens")}
+    totals = {k: np.sum([w[k] for w in fetched], axis=0) for k in SUM_KEYS}
     metrics = summarize(totals, task_names, "train")
     metrics["train/grad_norm"] = float(np.mean([w["grad_norm"] for w in fetched]))
     return metrics

@@ -13,6 +13,7 @@ from ankh3 import train
 from ankh3.checkpoint import Checkpointer
 from ankh3.model import T5, get_shape
 from ankh3.optimizer import OptimizerConfigError, OptimizerSpec, make_optimizer, make_schedule
+from ankh3.tokenizer import Tokenizer
 
 CFG = get_shape("tiny", d_model=32, d_ff=64, num_heads=2, d_kv=16, num_encoder_layers=1, num_decoder_layers=1)
 TASKS = ("nlu", "s2s")
@@ -54,13 +55,31 @@ def test_token_metrics_weighted_per_task():
                                 [[1e-9, 1e-9, 1.0], [1.0, 1e-9, 1e-9]]]))
     batch = {"decoder_targets": jnp.array([[0, 1], [2, 2]]), "decoder_weights": jnp.array([[1.0, 1.0], [1.0, 0.0]]),
              "task": jnp.array([1, 0])}
-    loss, sums = train.token_metrics(logits, batch, 2)
+    loss, sums = train.token_metrics(logits, batch, 2, residues=(0, 1, 2))
     # row 0 (task 1): -log 0.5 and 0; row 1 (task 0): 0, padding ignored
     assert float(loss) == pytest.approx(math.log(2) / 3, rel=1e-5)
     np.testing.assert_allclose(sums["tokens"], [1.0, 2.0])
     np.testing.assert_allclose(sums["nll"], [0.0, math.log(2)], atol=1e-5)
     metrics = train.summarize(jax.device_get(sums), TASKS, "train")
     assert metrics["train/nlu/accuracy"] == 1.0 and metrics["train/s2s/loss"] == pytest.approx(math.log(2) / 2, rel=1e-5)
+
+
+def test_accuracy_counts_only_residue_targets():
+    tok = Tokenizer.default()
+    sentinel, a, c = int(tok.sentinel_ids[0]), *tok.encode("AC")
+    # One denoising row: <extra_id_0> A </s> pad; the model gets the sentinel and EOS right, the residue wrong.
+    targets = np.array([[sentinel, a, tok.eos_id, tok.pad_id]], np.int32)
+    predicted = np.array([sentinel, c, tok.eos_id, tok.pad_id])
+    logits = jnp.asarray(np.log(np.where(np.eye(tok.vocab_size)[predicted] > 0, 0.9, 0.1 / 255))[None])
+    batch = {"decoder_targets": targets, "decoder_weights": jnp.array([[1.0, 1.0, 1.0, 0.0]]), "task": jnp.array([0])}
+    loss, sums = train.token_metrics(logits, batch, 2)
+    metrics = train.summarize(jax.device_get(sums), TASKS, "eval")
+    assert metrics["eval/accuracy"] == 0.0 and metrics["eval/nlu/accuracy"] == 0.0  # 1 residue target, missed
+    assert float(sums["tokens"][0]) == 3.0  # the loss still covers the sentinel and EOS
+    assert float(loss) == pytest.approx((2 * -math.log(0.9) - math.log(0.1 / 255)) / 3, rel=1e-4)
+    assert "eval/s2s/accuracy" not in metrics  # no targets for that task
+    _, sums = train.token_metrics(logits, batch, 2, residues=train.residue_ids(tok).tolist() + [sentinel])
+    assert train.summarize(jax.device_get(sums), TASKS, "eval")["eval/accuracy"] == 0.5
 
 
 @pytest.mark.parametrize("schedule", ["inverse_sqrt", "cosine", "constant"])
