@@ -171,3 +171,32 @@ def test_sync_workdir_sends_an_offline_run(setup, tmp_path):
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     (synced,) = client.search_runs([client.get_experiment_by_name("offline_family").experiment_id])
     assert synced.data.metrics == {"train/loss": 2.5} and synced.info.status == "FINISHED"
+
+
+def test_each_host_reads_its_own_records_and_its_share_of_the_batch(tmp_path):
+    from ankh3.config import ConfigError, build_mixture
+    from ankh3.tokenizer import Tokenizer
+    from experiments.base import get_config
+    from launch import run as runner
+
+    # Even records are all A, odd ones all C: a host that reads only its shard sees one residue.
+    path = tmp_path / "ac.fasta"
+    path.write_text("".join(f">r{i}\n{'AC'[i % 2] * 40}\n" for i in range(40)))
+    config = get_config()
+    config.data.update(train=str(path), valid=str(path), batch_size=8, encoder_length=48, decoder_length=48)
+    config.train.eval_batches = 2
+    tok = Tokenizer.default(config.model.vocab_size)
+    mixture = build_mixture(config.objectives, config.mixture_granularity)
+    ids = {r: tok.pieces.index(r) for r in "AC"}
+    for index, (mine, other) in enumerate(("AC", "CA")):
+        train, held_out = runner.build_data(config, tok, mixture, process_index=index, process_count=2)
+        for batch in [next(train), *held_out]:
+            assert batch["encoder_tokens"].shape[0] == 4  # global batch 8 over 2 hosts
+            seen = np.concatenate([batch["encoder_tokens"].ravel(), batch["decoder_targets"].ravel()])
+            assert ids[mine] in seen and ids[other] not in seen
+    assert runner.build_data(config, tok, mixture)[1][0]["encoder_tokens"].shape[0] == 8  # one process: all of it
+    with pytest.raises(ConfigError, match="batch_size=8 is the global batch .* multiple of 3"):
+        runner.build_data(config, tok, mixture, process_index=0, process_count=3)
+    with pytest.raises(ConfigError, match="one of 2 JAX processes"):
+        runner.check_single_process(2)
+    runner.check_single_process(1)
