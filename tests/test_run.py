@@ -125,7 +125,7 @@ def test_sigterm_then_resume_gives_the_same_losses(setup, full_run):
 
 
 @pytest.mark.parametrize("extra,expected", [
-    (["--config=experiments/ablate_tasks.py:mlm"], "unknown argument 'mlm'; valid: mlm_only, completion_only, both"),
+    (["--config=experiments/ablate_tasks.py:mlm"], "unknown variant 'mlm'; valid: mlm_only, completion_only, both"),
     (["--config=experiments/base.py", "--config.train.stepz=3"], "unknown config key 'train.stepz'"),
     (["--config=experiments/base.py", "--config.data.train=/nowhere/train.fasta"],
      "config.data.train: no such file or directory /nowhere/train.fasta"),
