@@ -9,7 +9,8 @@ config_hash (a hash of the resolved config without seed and tracking). Re-runnin
 skips the runs that are FINISHED in MLflow with those four tags and resumes the others from the
 checkpoints in their workdir (runs/EXPERIMENT/VARIANT-sSEED-HASH). --config.KEY=VALUE overrides go to
 every run. A family file lists its variants in VARIANTS (docs/interfaces.md, "Experiment families");
---shape=SHAPE runs each as VARIANT@SHAPE (default tiny). Bad input ends with one line on stderr and exit status 2; failed runs give exit status 1.
+--shape=SHAPE runs each as VARIANT@SHAPE (default tiny). Bad input ends with one line on stderr and
+exit status 2; failed runs give exit status 1.
 """
 from __future__ import annotations
 
