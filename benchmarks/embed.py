@@ -3,7 +3,8 @@
     python benchmarks/embed.py                                    # CPU: ours vs HF eager, `small` shape
     python benchmarks/embed.py --shape=ankh3_large --dtype=bfloat16 --no_hf --num_seqs=2048   # GPU
 
-Both sides embed the same random protein sequences (lengths drawn uniformly in [--min_len, --max_len])
+Both sides embed the same real protein sequences (the first --num_seqs of the bundled validation corpus
+whose length is in [--min_len, --max_len])
 with the same weights (ours exported to HF names), the same `[NLU] residues </s>` inputs and the same
 length-sorted, bucketed, token-budget batches; both return per-residue numpy arrays. HF runs eager
 float32 under `torch.inference_mode`. Times are the best of `--repeats` full passes after a warm-up
@@ -35,10 +36,13 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def random_sequences(n: int, lo: int, hi: int, seed: int) -> list[str]:
-    rng = np.random.default_rng(seed)
-    letters = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
-    return ["".join(rng.choice(letters, int(k))) for k in rng.integers(lo, hi + 1, n)]
+def bundled_sequences(n: int, lo: int, hi: int) -> list[str]:
+    """The first n Swiss-Prot sequences of the bundled validation split with lo <= length <= hi."""
+    from ankh3.data.fasta import read_fasta
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data/pretrain/valid.fasta.xz")
+    seqs = (r.sequence for r in read_fasta(path) if lo <= len(r.sequence) <= hi)
+    return [s for s, _ in zip(seqs, range(n))]
 
 
 def time_passes(run, repeats: int) -> tuple[float, float]:
@@ -89,7 +93,7 @@ def main(argv=None) -> int:
     cfg = get_shape(args.shape, dtype=args.dtype)
     tokenizer = Tokenizer.default(cfg.vocab_size)
     model = T5(cfg, rngs=nnx.Rngs(args.seed))
-    seqs = random_sequences(args.num_seqs, args.min_len, args.max_len, args.seed)
+    seqs = bundled_sequences(args.num_seqs, args.min_len, args.max_len)
     residues = sum(map(len, seqs))
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; shape {args.shape} "
           f"(d_model {cfg.d_model}, {cfg.num_encoder_layers} encoder layers), dtype {args.dtype}; "
