@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import sys
 import time
@@ -32,7 +33,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ankh3.model import T5, ModelConfig, get_shape
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
+from ankh3.model import T5, ModelConfig, get_shape  # noqa: E402
 
 H100_BF16_PEAK = 989e12
 
