@@ -121,3 +121,11 @@ def test_unknown_variant_with_a_shape_lists_variants_and_shapes():
     with pytest.raises(ConfigError, match=r"unknown variant 'mlm'; valid: mlm_only, completion_only, both with an "
                                           r"optional @SHAPE, SHAPE one of tiny, small"):
         get_config("ablate_tasks", "mlm@small")
+
+
+def test_tiny_default_probes_over_several_seeds_with_both_controls():
+    # The default table must show a spread (mean ± std) and the two baselines the model has to beat.
+    c = get_config("base", None)
+    assert len(set(c.downstream.seeds)) >= 2 and set(c.downstream.controls) == {"onehot", "random"}
+    assert c.downstream.max_per_split > 0  # a bounded CPU run; the accelerator shapes probe everything
+    assert get_config("base", "ankh3_large").downstream.max_per_split == 0
