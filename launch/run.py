@@ -300,8 +300,9 @@ def pretrain(config, workdir: str, tracker, pieces: Pieces):
         eval_every=config.train.eval_every, checkpoint_every=config.train.checkpoint_every,
         progress_every_s=config.train.progress_every_s, tokens_per_step=config.budget.tokens_per_step,
         dropout=pieces.model_cfg.dropout_rate > 0)
-    train_step = train.make_train_step(graphdef, tx, len(task_names), settings.dropout)
-    eval_step = train.make_eval_step(graphdef, len(task_names))
+    residues = train.residue_ids(pieces.tokenizer)  # a converted checkpoint may place residues at other ids
+    train_step = train.make_train_step(graphdef, tx, len(task_names), settings.dropout, residues)
+    eval_step = train.make_eval_step(graphdef, len(task_names), residues)
     try:
         with jax.set_mesh(pieces.mesh), PreemptionGuard() as guard:
             eval_device = [train.device_batch(b, pieces.mesh) for b in eval_batches]
