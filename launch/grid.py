@@ -375,6 +375,18 @@ def define_flags(flags) -> None:
     flags.DEFINE_bool("dry_run", False, "list the jobs, their workdirs and whether they would be skipped; then exit")
 
 
+def parse_command_line(flags, argv, error: type[Exception], script: str):
+    """(parsed absl FLAGS, --config.* overrides) from argv; a usage mistake raises `error` (one line)."""
+    argv, overrides = split_overrides(argv)
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.Error as e:
+        raise error(f"{e}; see python launch/{script} --helpfull") from None
+    if len(rest) > 1:
+        raise error(f"unexpected arguments {' '.join(rest[1:])}")
+    return flags.FLAGS, overrides
+
+
 def fail(message: str, status: int = EXIT_USAGE):
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(status)
@@ -385,14 +397,7 @@ def main() -> None:
 
     define_flags(flags)
     try:
-        argv, overrides = split_overrides(sys.argv)
-        try:
-            rest = flags.FLAGS(argv)
-        except flags.Error as e:
-            raise GridError(f"{e}; see python launch/grid.py --helpfull") from None
-        if len(rest) > 1:
-            raise GridError(f"unexpected arguments {' '.join(rest[1:])}")
-        F = flags.FLAGS
+        F, overrides = parse_command_line(flags, sys.argv, GridError, "grid.py")
         if not F.config:
             raise GridError("no --config given; e.g. --config=experiments/ablate_tasks.py --seeds=3")
         if F.jobs < 1:

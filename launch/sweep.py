@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from launch.grid import (GridError, cache_env, fail, failure_reason, load_module, make_job,  # noqa: E402
-                         open_run, split_overrides, split_spec, start_process)
+                         open_run, parse_command_line, split_spec, start_process)
 
 PARENT_TAG = "mlflow.parentRunId"
 PRUNERS = ("median", "halving", "none")
@@ -412,14 +412,7 @@ def main() -> None:
 
     define_flags(flags)
     try:
-        argv, overrides = split_overrides(sys.argv)
-        try:
-            rest = flags.FLAGS(argv)
-        except flags.Error as e:
-            raise SweepError(f"{e}; see python launch/sweep.py --helpfull") from None
-        if len(rest) > 1:
-            raise SweepError(f"unexpected arguments {' '.join(rest[1:])}")
-        F = flags.FLAGS
+        F, overrides = parse_command_line(flags, sys.argv, SweepError, "sweep.py")
         if not F.config or not F.study:
             raise SweepError("pass --config=experiments/SWEEP.py and --study=NAME (e.g. --study=masking)")
         if F.n_trials is None and F.timeout is None:
