@@ -24,6 +24,18 @@ def check_choice(value: str, valid, what: str) -> str:
     return value
 
 
+def unknown_key(config, key: str) -> str | None:
+    """Why dotted `key` is not a field of `config` ('SECTION has a, b, ...'), or None when it is."""
+    node, parts = config, key.split(".")
+    for i, part in enumerate(parts):
+        if not hasattr(node, "keys") or part not in node:
+            where = ".".join(parts[:i]) or "the config"
+            valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "no fields (not a section)"
+            return f"{where} has {valid}"
+        node = node[part]
+    return None
+
+
 def model_section(shape: str) -> dict[str, Any]:
     """Every ModelConfig field of a named shape, plus the shape's name (for the config's model section)."""
     from ankh3.model import ModelConfigError, get_shape

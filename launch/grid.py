@@ -89,15 +89,13 @@ def load_config(path: str, arg: str | None, overrides: list[str]):
 
 def check_override_keys(config, overrides: list[str]) -> None:
     """One line naming the first --config.KEY that the config does not have (before any run starts)."""
+    from ankh3.config import unknown_key
+
     for override in overrides:
         key = override.split("=", 1)[0][len("--config."):]
-        node, parts = config, key.split(".")
-        for i, part in enumerate(parts):
-            if not hasattr(node, "keys") or part not in node:
-                where = ".".join(parts[:i]) or "the config"
-                valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "no fields (not a section)"
-                raise GridError(f"unknown config key {key!r} in --config.{key}: {where} has {valid}")
-            node = node[part]
+        why = unknown_key(config, key)
+        if why:
+            raise GridError(f"unknown config key {key!r} in --config.{key}: {why}")
 
 
 def config_error_line(error: BaseException) -> str:

@@ -95,17 +95,15 @@ def _unknown_override(argv: list[str]) -> str | None:
         config = ConfigFileFlagParser("config").parse(spec)
     except Exception:  # noqa: BLE001 -- the config itself is broken; reported by the caller
         return None
+    from ankh3.config import unknown_key
+
     for arg in argv:
         if not arg.startswith("--config."):
             continue
         key = arg.split("=", 1)[0][len("--config."):]
-        node, parts = config, key.split(".")
-        for i, part in enumerate(parts):
-            if not hasattr(node, "keys") or part not in node:
-                where = ".".join(parts[:i]) or "the config"
-                valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none (not a section)"
-                return f"unknown config key '{key}' in {arg.split('=', 1)[0]}: {where} has {valid}"
-            node = node[part]
+        why = unknown_key(config, key)
+        if why:
+            return f"unknown config key '{key}' in {arg.split('=', 1)[0]}: {why}"
     return None
 
 
