@@ -108,9 +108,14 @@ def read_family(client, family: str, experiment: str | None = None) -> list[RunR
         tags = run.data.tags
         if tags.get(PARENT_TAG) or tags.get("family") != family or run.info.status != "FINISHED":
             continue
-        metrics = dict(run.data.metrics)
+        probes = {}
         for child in children.get(run.info.run_id, []):
-            metrics.update(child_metrics(child))
+            probes.update(child_metrics(child))
+        # run.py also copies each probe's test means onto the parent as 'downstream/KEY' (for the MLflow
+        # UI's run comparison); count each figure once, under the child's name.
+        metrics = {k: v for k, v in run.data.metrics.items()
+                   if not (k.startswith("downstream/") and k[len("downstream/"):] in probes)}
+        metrics.update(probes)
         records.append(RunRecord(run.info.run_id, tags.get("variant", "?"), int(tags.get("seed", 0)),
                                  run.info.start_time or 0, tags.get("config_hash", ""), metrics, dict(tags),
                                  dict(run.data.params)))

@@ -42,6 +42,8 @@ def make_runs(uri: str, family: str = "fam") -> None:
                                       tags={**tags, "mlflow.parentRunId": run.info.run_id})
             client.log_batch(child.info.run_id, metrics=[Metric("test/q3_mean", Q3[variant, seed], 0, 0)])
             client.set_terminated(child.info.run_id, "FINISHED")
+            # run.py copies the probe's test mean onto the parent too
+            client.log_batch(run.info.run_id, metrics=[Metric("downstream/ssp3/model/test/q3_mean", Q3[variant, seed], 0, 0)])
         client.set_terminated(run.info.run_id, "FINISHED")
     unfinished = client.create_run(experiment_id, run_name="base-s9", tags={"family": family, "variant": "base", "seed": "9"})
     client.log_batch(unfinished.info.run_id, metrics=[Metric("eval/loss", 100.0, 0, 1)])  # RUNNING: never counted
@@ -69,6 +71,13 @@ def test_mean_sd_and_n_per_variant(report):
     assert base.mean == pytest.approx(np.mean([3.0, 3.4, 2.8]))
     assert base.sd == pytest.approx(np.std([3.0, 3.4, 2.8], ddof=1))
     assert row(result, "eval/loss", "alt").n == 4
+
+
+def test_probe_metrics_copied_onto_the_parent_are_counted_once(report):
+    _, _, _, result = report
+    metrics = {r.metric for r in result.rows}
+    assert "ssp3/model/test/q3_mean" in metrics
+    assert not any(m.startswith("downstream/") for m in metrics)  # the parent's copy is not a second row
 
 
 def test_paired_difference_uses_shared_seeds_with_a_bootstrap_ci(report):
