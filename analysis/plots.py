@@ -10,6 +10,8 @@ import re
 
 import numpy as np
 
+from ankh3.figures import new_figure, save_figure
+
 DPI = 100
 
 
@@ -48,14 +50,14 @@ def objective_of(metric: str) -> tuple[str, str]:
 def plot_learning_curves(curves: dict[str, dict[str, dict[int, list]]], out_dir: str) -> list[str]:
     """One PNG per objective: per variant the median held-out loss over seeds with a min-max band
     (solid), and the median training loss (dashed, no band)."""
-    plt = _pyplot()
     by_objective: dict[str, dict[str, dict]] = {}
     for metric, variants in curves.items():
         objective, split = objective_of(metric)
         by_objective.setdefault(objective, {})[split] = variants
     paths = []
     for objective, splits in sorted(by_objective.items()):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig = new_figure(7, 4.5, dpi=DPI)
+        ax = fig.subplots()
         colors = {}
         variants = sorted({v for s in splits.values() for v in s})
         for i, variant in enumerate(variants):
@@ -74,20 +76,16 @@ def plot_learning_curves(curves: dict[str, dict[str, dict[int, list]]], out_dir:
         ax.set_title(f"{objective}: median over seeds, band = min..max (held-out)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = os.path.join(out_dir, f"curves_{file_name(objective)}.png")
-        fig.savefig(path, dpi=DPI)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, os.path.join(out_dir, f"curves_{file_name(objective)}.png")))
     return paths
 
 
 def plot_downstream(by_metric: dict[str, list[tuple]], out_dir: str) -> list[str]:
     """One PNG per downstream metric: per variant its mean with the 95% CI over seeds as error bar."""
-    plt = _pyplot()
     paths = []
     for metric, entries in sorted(by_metric.items()):
-        fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.8 * len(entries)), 4))
+        fig = new_figure(max(4.0, 1.0 + 0.8 * len(entries)), 4, dpi=DPI)
+        ax = fig.subplots()
         names = [e[0] for e in entries]
         means = np.array([e[1] for e in entries])
         lows = np.array([e[2] if math.isfinite(e[2]) else e[1] for e in entries])
@@ -102,11 +100,7 @@ def plot_downstream(by_metric: dict[str, list[tuple]], out_dir: str) -> list[str
         span = float(np.ptp(finite)) or abs(float(finite.max())) or 1.0
         ax.set_ylim(float(finite.min()) - 0.5 * span, float(finite.max()) + 0.5 * span)
         ax.grid(alpha=0.3, axis="y")
-        fig.tight_layout()
-        path = os.path.join(out_dir, f"downstream_{file_name(metric)}.png")
-        fig.savefig(path, dpi=DPI)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, os.path.join(out_dir, f"downstream_{file_name(metric)}.png")))
     return paths
 
 
@@ -133,9 +127,7 @@ def plot_optuna(study, out_dir: str) -> list[str]:
                 continue
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         fig.set_size_inches(7, 4.5)
-        fig.tight_layout()
-        path = os.path.join(out_dir, name)
-        fig.savefig(path, dpi=DPI)
-        plt.close(fig)
-        paths.append(path)
+        fig.set_dpi(DPI)
+        paths.append(save_figure(fig, os.path.join(out_dir, name)))
+        plt.close(fig)  # Optuna draws through pyplot, which keeps the figure until closed
     return paths

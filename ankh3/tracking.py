@@ -420,15 +420,12 @@ def sync_workdir(workdir: str, uri: str | None = None) -> int:
 
 def write_loss_plots(curves: Mapping[str, Mapping[str, list[tuple[int, float]]]], out_dir: str) -> list[str]:
     """One PNG per objective: {objective: {'train': [(step, loss)], 'eval': [...]}} -> file paths."""
-    import matplotlib
+    from ankh3.figures import new_figure, save_figure
 
-    matplotlib.use("Agg")  # no display on training machines
-    import matplotlib.pyplot as plt
-
-    os.makedirs(out_dir, exist_ok=True)
     paths = []
     for objective, series in curves.items():
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = new_figure(6, 4)
+        ax = fig.subplots()
         for split, points in series.items():
             if points:
                 steps, values = zip(*points)
@@ -438,9 +435,5 @@ def write_loss_plots(curves: Mapping[str, Mapping[str, list[tuple[int, float]]]]
         ax.set_title(f"loss: {objective}")
         ax.grid(alpha=0.3)
         ax.legend()
-        path = os.path.join(out_dir, f"loss_{clean_key(objective).replace('/', '_')}.png")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, os.path.join(out_dir, f"loss_{clean_key(objective).replace('/', '_')}.png")))
     return paths

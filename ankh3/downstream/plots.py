@@ -5,26 +5,11 @@ does not change the backend of a caller's session.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
 
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: str) -> str:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+from ankh3.figures import new_figure, save_figure
 
 
 def confusion_matrix(true: Sequence[np.ndarray], pred: Sequence[np.ndarray], num_classes: int) -> np.ndarray:
@@ -40,7 +25,7 @@ def plot_confusion(true, pred, class_names: Sequence[str], path: str, title: str
     counts = confusion_matrix(true, pred, len(class_names))
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     size = 1.2 + 0.55 * len(class_names)
-    fig = _figure(size + 1.0, size)
+    fig = new_figure(size + 1.0, size)
     ax = fig.add_subplot()
     image = ax.imshow(rates, vmin=0, vmax=1, cmap="Blues")
     ticks = np.arange(len(class_names))
@@ -54,14 +39,14 @@ def plot_confusion(true, pred, class_names: Sequence[str], path: str, title: str
                     color="white" if rates[i, j] > 0.5 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of true class")
     ax.set_title(title or "confusion matrix")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_contact_maps(true_maps: Sequence[np.ndarray], pred_maps: Sequence[np.ndarray], names: Sequence[str],
                       path: str, max_chains: int = 3) -> str:
     """Per chain: predicted contact probability above the diagonal, true contacts below it."""
     n = max(1, min(max_chains, len(true_maps)))
-    fig = _figure(4.0 * n, 4.2)
+    fig = new_figure(4.0 * n, 4.2)
     for k in range(n):
         ax = fig.add_subplot(1, n, k + 1)
         if k >= len(true_maps):
@@ -74,13 +59,13 @@ def plot_contact_maps(true_maps: Sequence[np.ndarray], pred_maps: Sequence[np.nd
         ax.set_title(f"{names[k]} (L={len(true)})\nupper: predicted, lower: true", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_scatter(true: Sequence[float], pred: Sequence[float], path: str, title: str = "") -> str:
     """Predicted vs true values with the y = x line."""
     t, p = np.asarray(true, np.float64), np.asarray(pred, np.float64)
-    fig = _figure(4.5, 4.5)
+    fig = new_figure(4.5, 4.5)
     ax = fig.add_subplot()
     ax.scatter(t, p, s=6, alpha=0.5)
     if t.size:
@@ -89,4 +74,4 @@ def plot_scatter(true: Sequence[float], pred: Sequence[float], path: str, title:
     ax.set_xlabel("true")
     ax.set_ylabel("predicted")
     ax.set_title(title or "predicted vs true")
-    return _save(fig, path)
+    return save_figure(fig, path)
