@@ -501,7 +501,7 @@ def load_study(name: str, storage: str | None, notes: list[str]):
     try:
         import optuna
 
-        from launch.sweep import open_storage
+        from ankh3.studies import open_storage
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         return optuna.load_study(study_name=name, storage=open_storage(storage))

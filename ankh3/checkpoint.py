@@ -14,10 +14,12 @@ from typing import Any
 import jax
 import numpy as np
 
+from ankh3.errors import UserError
+
 STATE_ITEM, DATA_ITEM = "state", "data"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint cannot be restored into this run (different model or optimizer)."""
 
 

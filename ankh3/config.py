@@ -9,11 +9,13 @@ import dataclasses
 import os
 from typing import Any, Mapping
 
+from ankh3.errors import UserError
+
 OBJECTIVE_TYPES = ("span_corruption", "completion")
 RUN_MODES = ("pretrain", "downstream", "all")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value, argument or path that cannot be used; the message names the key and a fix."""
 
 

@@ -20,6 +20,7 @@ import sys
 
 import numpy as np
 
+from ankh3.errors import UserError
 from ankh3.tokenizer import TokenizeError, Tokenizer
 
 # Files that make up a HF tokenizer; whichever exist are copied along with the weights.
@@ -35,7 +36,7 @@ _IGNORED = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
 _EMBEDDING_ALIASES = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """A checkpoint cannot be converted; the message says what, where and how to fix it."""
 
 

@@ -15,10 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ankh3.errors import UserError
 from ankh3.sharding import constrain
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(UserError, ValueError):
     """A model configuration, shape name or parameter set that cannot be used."""
 
 

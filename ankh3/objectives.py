@@ -13,13 +13,15 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from ankh3.errors import UserError
+
 _POS_BITS = 16  # residue positions inside a sort key; sequences up to 65,535 residues
 _POS_MASK = np.uint64((1 << _POS_BITS) - 1)
 _FAR = 1 << 40  # pads absent cuts; sorts after any real one
 _BEYOND = 1 << 30  # a jump that sends every later slot to the trailing 0
 
 
-class ObjectiveError(ValueError):
+class ObjectiveError(UserError, ValueError):
     """An objective is misconfigured, or a sequence does not fit the requested shapes."""
 
 

@@ -11,11 +11,13 @@ import dataclasses
 import jax.numpy as jnp
 import optax
 
+from ankh3.errors import UserError
+
 OPTIMIZERS = ("adafactor", "adamw")
 SCHEDULES = ("inverse_sqrt", "cosine", "constant")
 
 
-class OptimizerConfigError(ValueError):
+class OptimizerConfigError(UserError, ValueError):
     """An optimizer or schedule setting that cannot be used."""
 
 

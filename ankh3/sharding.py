@@ -11,6 +11,8 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec
 from flax import nnx
 
+from ankh3.errors import UserError
+
 # Logical axis -> mesh axis (None = replicated). Data parallel over `data`, tensor
 # (Megatron-style) parallel over `model`: heads, the feed-forward width and the vocabulary
 # are split, the model width stays whole so every matmul needs at most one all-reduce.
@@ -35,7 +37,7 @@ FSDP_RULES: tuple[tuple[str, str | None], ...] = tuple(
 MESH_AXES = ("data", "model")
 
 
-class ShardingError(ValueError):
+class ShardingError(UserError, ValueError):
     """A mesh or a sharding request that cannot be satisfied."""
 
 

@@ -12,6 +12,8 @@ import re
 
 import numpy as np
 
+from ankh3.errors import UserError
+
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 RESIDUES = "ACDEFGHIKLMNPQRSTVWYXBZUO"  # 20 standard + X (any), B/Z (ambiguous), U (Sec), O (Pyl)
 TASK_TOKENS = ("[NLU]", "[S2S]", "[NLG]")
@@ -19,7 +21,7 @@ DEFAULT_VOCAB_SIZE = 256
 _SENTINEL = re.compile(r"^<extra_id_(\d+)>$")
 
 
-class TokenizeError(ValueError):
+class TokenizeError(UserError, ValueError):
     """A sequence holds a character outside the vocabulary, or a tokenizer file is unusable."""
 
 

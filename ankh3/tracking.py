@@ -17,6 +17,8 @@ import subprocess
 import time
 from typing import Any, Iterable, Mapping
 
+from ankh3.errors import UserError
+
 JOURNAL = "metrics.jsonl"
 RUN_FILE = "tracking.json"
 MAX_PARAMS_PER_CALL = 100  # MLflow's limit for params (and tags) per log_batch
@@ -27,7 +29,7 @@ _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
 log = logging.getLogger(__name__)
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """The tracking store refused a request for a reason that retrying cannot fix."""
 
 

@@ -25,6 +25,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from ankh3.config import RUN_MODES, ConfigError  # noqa: E402
+from ankh3.errors import UserError, one_line  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config: experiments/FAMILY.py[:ARG]; override fields with --config.KEY=VALUE")
@@ -471,37 +472,12 @@ def run(config, workdir: str, mode: str) -> None:
     print_summary(metrics, results, tracker.uri, workdir, time.monotonic() - start)
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """The library's exception classes whose messages are meant for the user as they are."""
-    import importlib
-
-    names = {
-        "ankh3.config": ("ConfigError",), "ankh3.tokenizer": ("TokenizeError",), "ankh3.data.fasta": ("FastaError",),
-        "ankh3.data.sources": ("SourceError",), "ankh3.convert": ("ConversionError",),
-        "ankh3.model": ("ModelConfigError",), "ankh3.objectives": ("ObjectiveError",),
-        "ankh3.optimizer": ("OptimizerConfigError",), "ankh3.checkpoint": ("CheckpointError",),
-        "ankh3.sharding": ("ShardingError",), "ankh3.tracking": ("TrackingError",),
-        "ankh3.downstream.tasks": ("TaskDataError",), "ankh3.downstream.embed": ("EmbedError",),
-        "ankh3.downstream.probe": ("ProbeError",), "ankh3.downstream.heads": ("HeadError",),
-        "ankh3.data.pipeline": ("PipelineError",), "ankh3.downstream.evaluate": ("EvaluateError",),
-    }
-    found = []
-    for module, classes in names.items():
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        found += [getattr(mod, c) for c in classes if hasattr(mod, c)]
-    return tuple(found)
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments {' '.join(argv[1:])}; use --config=experiments/FAMILY.py:ARG and --config.KEY=VALUE")
     logging.set_verbosity(logging.WARNING)  # orbax narrates every save at INFO
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # a dead server must not stall training
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-    errors = user_errors()
     try:
         if FLAGS.sync_workdir:
             return sync(FLAGS.sync_workdir)
@@ -512,8 +488,8 @@ def main(argv: list[str]) -> None:
         if FLAGS.dry_run:
             return print_dry_run(config)
         run(config, os.path.abspath(FLAGS.workdir or default_workdir(config)), FLAGS.mode)
-    except errors as e:
-        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    except UserError as e:
+        fail(one_line(e))
     except IOError as e:  # a config file that does not exist or cannot be read
         if _find_cause(e, FileNotFoundError) or "Configuration is not available" in str(e):
             missing = _find_cause(e, FileNotFoundError)

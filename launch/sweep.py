@@ -25,7 +25,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from ankh3.studies import StorageError, open_storage, public_url  # noqa: E402
 from launch.grid import (GridError, cache_env, fail, failure_reason, load_module, make_job,  # noqa: E402
                          open_run, parse_command_line, split_spec, start_process)
 
@@ -96,26 +96,6 @@ def format_override(key: str, value) -> str:
 # ---- storage ----------------------------------------------------------------------------------------
 def default_storage() -> str:
     return "sqlite:///" + os.path.join(ROOT, "optuna.db")
-
-
-def open_storage(url: str):
-    """An Optuna storage for a URL: journal:PATH -> a journal file, anything with :// -> an RDB URL."""
-    import optuna
-
-    if url.startswith("journal:"):
-        path = os.path.abspath(url[len("journal:"):])
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(path))
-    if "://" not in url:
-        raise SweepError(f"--storage={url}: give sqlite:///PATH, a database URL (postgresql://...) or journal:PATH")
-    return url
-
-
-def public_url(url: str) -> str:
-    """The storage URL without a password, for tags and logs."""
-    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
 
 
 # ---- one trial --------------------------------------------------------------------------------------
@@ -435,7 +415,7 @@ def main() -> None:
                 print(f"{sum(c != 0 for c in codes)} worker(s) ended with an error; see their output above", flush=True)
         else:
             optimize(study, ctx, F.n_trials, F.timeout)
-    except (SweepError, GridError) as e:
+    except (SweepError, GridError, StorageError) as e:
         fail(str(e))
     if not F.worker:
         print(finish_parent(study, probe.uri, parent), flush=True)

@@ -49,7 +49,7 @@ def sweep(tmp_path_factory):
 def load_study(tmp):
     import optuna
 
-    from launch.sweep import open_storage
+    from ankh3.studies import open_storage
 
     return optuna.load_study(study_name="test", storage=open_storage(f"journal:{tmp}/optuna.log"))
 

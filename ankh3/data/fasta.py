@@ -11,11 +11,13 @@ import lzma
 import os
 from typing import Iterator, NamedTuple, TextIO
 
+from ankh3.errors import UserError
+
 _GZIP_MAGIC = b"\x1f\x8b"
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 
 
-class FastaError(ValueError):
+class FastaError(UserError, ValueError):
     """A FASTA file is missing, unreadable or malformed."""
 
 

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
+from ankh3.errors import UserError
 from ankh3.objectives import Mixture
 
 BATCH_KEYS = ("encoder_tokens", "decoder_inputs", "decoder_targets", "decoder_weights", "task")
@@ -20,7 +21,7 @@ CROPS = ("random", "truncate")
 _DROPPED = "_dropped_short"  # per-batch count travelling from the batcher to `BatchIterator`; popped there
 
 
-class PipelineError(ValueError):
+class PipelineError(UserError, ValueError):
     """The input pipeline is misconfigured (sizes, seed, sharding, crop mode)."""
 
 

@@ -9,13 +9,14 @@ import json
 import os
 from typing import Sequence
 
+from ankh3.errors import UserError
 from ankh3.data.fasta import FastaError, Record, read_fasta
 
 SHARD_SUFFIX = ".array_record"
 METADATA_FILE = "metadata.json"
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """A data path is missing, unreadable, or not a FASTA file or a directory of converted shards."""
 
 

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from ankh3.errors import UserError
 from ankh3.tokenizer import RESIDUES, Tokenizer
 
 EncodeFn = Callable[[np.ndarray, np.ndarray], "np.ndarray"]  # (tokens [B,L], mask [B,L]) -> [B,L,D]
@@ -25,7 +26,7 @@ POOLINGS = ("none", "mean", "max")
 _CACHE_VERSION = 1  # bump when the layout of inputs or of cache files changes
 
 
-class EmbedError(ValueError):
+class EmbedError(UserError, ValueError):
     """Embedding extraction was asked for something it cannot do."""
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ankh3.errors import UserError
 from ankh3.downstream import plots
 from ankh3.downstream.embed import EncodeFn, cached_embeddings, onehot_embeddings, sequences_digest
 from ankh3.downstream.metrics import score_split
@@ -25,7 +26,7 @@ SOURCES = ("model", "onehot", "random")
 EVAL_SPLITS = ("valid", "test")
 
 
-class EvaluateError(ValueError):
+class EvaluateError(UserError, ValueError):
     """The evaluation was asked for something it cannot run (missing control encoder, bad seeds...)."""
 
 

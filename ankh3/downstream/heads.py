@@ -14,10 +14,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ankh3.errors import UserError
+
 _NEG = -1e9  # finite, so that a fully masked row gives a uniform softmax instead of NaN
 
 
-class HeadError(ValueError):
+class HeadError(UserError, ValueError):
     """A head was configured in a way its input cannot support."""
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from ankh3.errors import UserError
 from ankh3.downstream.embed import bucket_length
 from ankh3.downstream.heads import ContactPredictor, HeadConfig, ResidueClassifier, SequenceRegressor
 
@@ -23,7 +24,7 @@ KINDS = ("residue_classification", "regression", "contact")  # as TaskSpec.kind
 MIN_CONTACT_SEPARATION = 6  # pairs closer along the chain are trivially in contact
 
 
-class ProbeError(ValueError):
+class ProbeError(UserError, ValueError):
     """Probe inputs are inconsistent (kinds, shapes, empty splits)."""
 
 

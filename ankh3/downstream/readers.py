@@ -29,6 +29,8 @@ from typing import Iterator
 
 import numpy as np
 
+from ankh3.errors import UserError
+
 SSP3 = "HEC"
 SSP8 = "HGIEBTSC"
 # The literature's 3-state reduction of DSSP's 8 states: H,G,I -> H; E,B -> E; the rest -> C.
@@ -38,7 +40,7 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "valid
                  "val": "valid", "dev": "valid", "test": "test", "testing": "test"}
 
 
-class TaskDataError(ValueError):
+class TaskDataError(UserError, ValueError):
     """A downstream data file is missing, malformed or inconsistent (message names file and line)."""
 
 
