@@ -207,7 +207,7 @@ def build_model(config):
 
     cfg = model_config(config.model, jax.default_backend())
     if config.init_from:
-        from ankh3.convert import load_pretrained_dir
+        from ankh3.hf_checkpoint import load_pretrained_dir
 
         # The checkpoint fixes the architecture; the run still picks how it computes.
         runtime = {k: getattr(cfg, k) for k in ("dtype", "remat", "attention", "dropout_rate", "scan_unroll")}

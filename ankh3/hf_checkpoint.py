@@ -5,8 +5,8 @@ pytorch_model.bin when torch is installed) and the tokenizer of a HF directory;
 `save_pretrained_dir` / `load_pretrained_dir` keep the result as an orbax directory the
 runner starts from; `export_hf` writes a directory that `transformers` loads.
 
-    python -m ankh3.convert --hf_dir=HF_DIR --out=DIR
-    python -m ankh3.convert --to_hf --ckpt=DIR --out=HF_DIR
+    python -m ankh3.hf_checkpoint --hf_dir=HF_DIR --out=DIR
+    python -m ankh3.hf_checkpoint --to_hf --ckpt=DIR --out=HF_DIR
 """
 from __future__ import annotations
 
@@ -404,7 +404,7 @@ def read_pretrained_dir(ckpt_dir: str, **overrides):
     cfg_path = os.path.join(ckpt_dir, MODEL_CONFIG_FILE)
     if not os.path.exists(cfg_path) or not os.path.isdir(os.path.join(ckpt_dir, PARAMS_DIR)):
         raise ConversionError(f"{ckpt_dir}: no {MODEL_CONFIG_FILE} and {PARAMS_DIR}/; pass a directory written "
-                              "by `python -m ankh3.convert --hf_dir=... --out=...`")
+                              "by `python -m ankh3.hf_checkpoint --hf_dir=... --out=...`")
     with open(cfg_path) as f:
         fields = json.load(f)
     try:
@@ -429,7 +429,7 @@ def load_pretrained_dir(ckpt_dir: str, seed: int = 0, **overrides):
         # Not guessed: ids that differ from the training tokenizer's would feed the model wrong tokens.
         raise ConversionError(f"{os.path.abspath(ckpt_dir)}: no tokenizer.json or spiece.model (saved by an older "
                               "version without one); add the tokenizer the weights were trained with, e.g. for a "
-                              "model trained here: python -c \"from ankh3.convert import write_tokenizer_json; "
+                              "model trained here: python -c \"from ankh3.hf_checkpoint import write_tokenizer_json; "
                               f"from ankh3.tokenizer import Tokenizer; write_tokenizer_json(Tokenizer.default("
                               f"{cfg.vocab_size}), '{ckpt_dir}')\"")
     model = T5(cfg, rngs=nnx.Rngs(seed))
@@ -441,7 +441,7 @@ def load_pretrained_dir(ckpt_dir: str, seed: int = 0, **overrides):
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m ankh3.convert", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ankh3.hf_checkpoint", description=__doc__.split("\n\n")[0])
     parser.add_argument("--hf_dir", help="HF T5 checkpoint directory to import")
     parser.add_argument("--to_hf", action="store_true", help="export --ckpt to a HF directory instead")
     parser.add_argument("--ckpt", help="directory written by an import (with --to_hf)")

@@ -1,6 +1,6 @@
 """Converts a FASTA file (plain, .gz, .xz) into ArrayRecord shards that `ArrayRecordSource` reads.
 
-    python -m ankh3.data.convert --fasta=uniref50.fasta.gz --out=data/uniref50 --shards=256
+    python -m ankh3.data.arrayrecord --fasta=uniref50.fasta.gz --out=data/uniref50 --shards=256
 
 Two streaming passes in bounded memory: the first validates and counts the records, the second
 fills the shards one after another with equal shares. (An ArrayRecord writer keeps an index entry

@@ -1,4 +1,4 @@
-"""Tests for ankh3/data/convert.py: FASTA -> ArrayRecord shards, library and command line."""
+"""Tests for ankh3/data/arrayrecord.py: FASTA -> ArrayRecord shards, library and command line."""
 import gzip
 import json
 import lzma
@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from ankh3.data.convert import convert_fasta
+from ankh3.data.arrayrecord import convert_fasta
 from ankh3.data.fasta import FastaError, Record
 from ankh3.data.sources import ArrayRecordSource, SourceError, open_source
 
@@ -36,7 +36,7 @@ def write_fasta(path, records, opener=open):
 
 def run_cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "ankh3.data.convert", *args],
+        [sys.executable, "-m", "ankh3.data.arrayrecord", *args],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
 

@@ -1,4 +1,4 @@
-"""ankh3.convert without transformers: weight files, name mapping, orbax directories, errors, CLI.
+"""ankh3.hf_checkpoint without transformers: weight files, name mapping, orbax directories, errors, CLI.
 
 Parity against transformers itself lives in test_hf_parity.py.
 """
@@ -12,8 +12,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from ankh3 import convert
-from ankh3.convert import ConversionError
+from ankh3 import hf_checkpoint
+from ankh3.hf_checkpoint import ConversionError
 from ankh3.model import ModelConfig, flat_params
 from ankh3.tokenizer import Tokenizer
 
@@ -24,13 +24,13 @@ CFG = ModelConfig(vocab_size=40, d_model=8, d_ff=12, num_heads=2, d_kv=4, num_en
 def random_flat(cfg, seed=0):
     """Random parameters of `cfg` under canonical names, built from HF shapes."""
     rng = np.random.default_rng(seed)
-    tensors = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in convert.hf_shapes(cfg).items()}
-    return convert.hf_to_flat(cfg, tensors)
+    tensors = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in hf_checkpoint.hf_shapes(cfg).items()}
+    return hf_checkpoint.hf_to_flat(cfg, tensors)
 
 
 def write_hf_dir(path, cfg=CFG, seed=0):
     flat = random_flat(cfg, seed)
-    convert.export_hf(cfg, flat, str(path), Tokenizer.default(cfg.vocab_size))
+    hf_checkpoint.export_hf(cfg, flat, str(path), Tokenizer.default(cfg.vocab_size))
     return flat
 
 
@@ -55,7 +55,7 @@ def hf_dir(tmp_path):
 
 def test_export_then_import_is_exact(hf_dir):
     path, flat = hf_dir
-    cfg, imported, tok = convert.import_hf(str(path))
+    cfg, imported, tok = hf_checkpoint.import_hf(str(path))
     assert cfg == CFG
     assert_same_flat(imported, flat)
     assert imported["encoder.attn.q"].shape == (3, 8, 8) and imported["lm_head"].shape == (8, 40)
@@ -64,7 +64,7 @@ def test_export_then_import_is_exact(hf_dir):
 
 def test_linear_kernels_are_transposed_and_layers_stacked(hf_dir):
     path, flat = hf_dir
-    tensors = convert.read_safetensors(str(path / "model.safetensors"))
+    tensors = hf_checkpoint.read_safetensors(str(path / "model.safetensors"))
     np.testing.assert_array_equal(flat["decoder.cross_attn.o"][1], tensors["decoder.block.1.layer.1.EncDecAttention.o.weight"].T)
     np.testing.assert_array_equal(flat["encoder.mlp.wo"][2], tensors["encoder.block.2.layer.1.DenseReluDense.wo.weight"].T)
     np.testing.assert_array_equal(flat["decoder.mlp_norm"][0], tensors["decoder.block.0.layer.2.layer_norm.weight"])
@@ -74,26 +74,26 @@ def test_linear_kernels_are_transposed_and_layers_stacked(hf_dir):
 
 def test_sharded_safetensors(hf_dir):
     path, flat = hf_dir
-    tensors = convert.read_safetensors(str(path / "model.safetensors"))
+    tensors = hf_checkpoint.read_safetensors(str(path / "model.safetensors"))
     names = sorted(tensors)
     shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
     for shard, keys in shards.items():
-        convert.write_safetensors(str(path / shard), {k: tensors[k] for k in keys})
+        hf_checkpoint.write_safetensors(str(path / shard), {k: tensors[k] for k in keys})
     index = {"weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
     (path / "model.safetensors.index.json").write_text(json.dumps(index))
     os.remove(path / "model.safetensors")
-    assert_same_flat(convert.import_hf(str(path))[1], flat)
+    assert_same_flat(hf_checkpoint.import_hf(str(path))[1], flat)
     os.remove(path / "model-00002-of-00002.safetensors")
     with pytest.raises(ConversionError, match="model-00002-of-00002.safetensors.*missing"):
-        convert.import_hf(str(path))
+        hf_checkpoint.import_hf(str(path))
 
 
 def test_bfloat16_weights_are_read_exactly(hf_dir):
     path, flat = hf_dir
-    tensors = convert.read_safetensors(str(path / "model.safetensors"))
+    tensors = hf_checkpoint.read_safetensors(str(path / "model.safetensors"))
     header_free = {k: v.astype(ml_dtypes.bfloat16) for k, v in tensors.items()}
     _write_bf16_safetensors(path / "model.safetensors", header_free)
-    imported = convert.import_hf(str(path))[1]
+    imported = hf_checkpoint.import_hf(str(path))[1]
     assert imported["shared"].dtype == np.float32
     np.testing.assert_array_equal(imported["shared"], flat["shared"].astype(ml_dtypes.bfloat16).astype(np.float32))
 
@@ -115,20 +115,20 @@ def _write_bf16_safetensors(path, tensors):
 def test_pytorch_bin(hf_dir):
     torch = pytest.importorskip("torch")
     path, flat = hf_dir
-    tensors = convert.read_safetensors(str(path / "model.safetensors"))
+    tensors = hf_checkpoint.read_safetensors(str(path / "model.safetensors"))
     torch.save({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, path / "pytorch_model.bin")
     os.remove(path / "model.safetensors")
-    assert_same_flat(convert.import_hf(str(path))[1], flat)
+    assert_same_flat(hf_checkpoint.import_hf(str(path))[1], flat)
 
 
 def test_transformers5_untied_file_without_lm_head(hf_dir):
     # transformers 5 drops lm_head.weight when it equals shared; no output scaling means untied.
     path, flat = hf_dir
-    tensors = convert.read_safetensors(str(path / "model.safetensors"))
+    tensors = hf_checkpoint.read_safetensors(str(path / "model.safetensors"))
     del tensors["lm_head.weight"]
-    convert.write_safetensors(str(path / "model.safetensors"), tensors)
+    hf_checkpoint.write_safetensors(str(path / "model.safetensors"), tensors)
     edit_config(path, tie_word_embeddings=True, scale_decoder_outputs=False)
-    cfg, imported, _ = convert.import_hf(str(path))
+    cfg, imported, _ = hf_checkpoint.import_hf(str(path))
     assert not cfg.tie_embeddings
     np.testing.assert_array_equal(imported["lm_head"], flat["shared"].T)
 
@@ -138,8 +138,8 @@ def test_tied_checkpoint_has_no_head(tmp_path):
     flat = write_hf_dir(tmp_path, cfg)
     hf = json.loads((tmp_path / "config.json").read_text())
     assert hf["feed_forward_proj"] == "gated-gelu" and hf["tie_word_embeddings"] is True
-    assert "lm_head.weight" not in convert.read_safetensors(str(tmp_path / "model.safetensors"))
-    cfg2, imported, _ = convert.import_hf(str(tmp_path))
+    assert "lm_head.weight" not in hf_checkpoint.read_safetensors(str(tmp_path / "model.safetensors"))
+    cfg2, imported, _ = hf_checkpoint.import_hf(str(tmp_path))
     assert cfg2 == cfg and "lm_head" not in imported
     assert_same_flat(imported, flat)
 
@@ -147,38 +147,38 @@ def test_tied_checkpoint_has_no_head(tmp_path):
 def test_scaled_head_that_differs_from_embedding_is_folded(hf_dir):
     path, flat = hf_dir
     edit_config(path, tie_word_embeddings=True, scale_decoder_outputs=True)
-    cfg, imported, _ = convert.import_hf(str(path))
+    cfg, imported, _ = hf_checkpoint.import_hf(str(path))
     assert not cfg.tie_embeddings
     np.testing.assert_allclose(imported["lm_head"], flat["lm_head"] * 8 ** -0.5, rtol=1e-7)
 
 
 def test_pretrained_dir_round_trip(hf_dir, tmp_path):
     path, flat = hf_dir
-    cfg, imported, tok = convert.import_hf(str(path))
+    cfg, imported, tok = hf_checkpoint.import_hf(str(path))
     out = tmp_path / "ckpt"
-    convert.save_pretrained_dir(str(out), cfg, imported, str(path))
-    cfg2, model, tok2 = convert.load_pretrained_dir(str(out))
+    hf_checkpoint.save_pretrained_dir(str(out), cfg, imported, str(path))
+    cfg2, model, tok2 = hf_checkpoint.load_pretrained_dir(str(out))
     assert cfg2 == cfg
     assert_same_flat(flat_params(model), flat)
     assert tok2.pieces == tok.pieces
-    assert convert.load_pretrained_dir(str(out), dtype="bfloat16")[0].dtype == "bfloat16"
+    assert hf_checkpoint.load_pretrained_dir(str(out), dtype="bfloat16")[0].dtype == "bfloat16"
     with pytest.raises(ConversionError, match="already holds a converted checkpoint"):
-        convert.save_pretrained_dir(str(out), cfg, imported, str(path))
+        hf_checkpoint.save_pretrained_dir(str(out), cfg, imported, str(path))
 
 
 def test_cli_import_and_export(hf_dir, tmp_path, capsys):
     path, flat = hf_dir
     ckpt, back = tmp_path / "ckpt", tmp_path / "back"
-    assert convert.main([f"--hf_dir={path}", f"--out={ckpt}"]) == 0
-    assert convert.main(["--to_hf", f"--ckpt={ckpt}", f"--out={back}"]) == 0
+    assert hf_checkpoint.main([f"--hf_dir={path}", f"--out={ckpt}"]) == 0
+    assert hf_checkpoint.main(["--to_hf", f"--ckpt={ckpt}", f"--out={back}"]) == 0
     assert sorted(os.listdir(back)) == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
-    assert_same_flat(convert.import_hf(str(back))[1], flat)
-    assert convert.main(["--to_hf", f"--out={back}"]) == 1
+    assert_same_flat(hf_checkpoint.import_hf(str(back))[1], flat)
+    assert hf_checkpoint.main(["--to_hf", f"--out={back}"]) == 1
     assert capsys.readouterr().err == "error: --to_hf needs --ckpt=DIR (a directory written by an import)\n"
 
 
 def test_cli_bad_dir_is_one_line_and_exit_1(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "ankh3.convert", f"--hf_dir={tmp_path}", f"--out={tmp_path}/o"],
+    run = subprocess.run([sys.executable, "-m", "ankh3.hf_checkpoint", f"--hf_dir={tmp_path}", f"--out={tmp_path}/o"],
                          capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert run.returncode == 1
     assert run.stderr.splitlines() == [f"error: {tmp_path}: no config.json; pass a HF T5 checkpoint directory"]
@@ -186,21 +186,21 @@ def test_cli_bad_dir_is_one_line_and_exit_1(tmp_path):
 
 # ---- bad input: one ConversionError naming what is wrong ---------------------------------
 def _drop_tensor(path, name):
-    tensors = convert.read_safetensors(str(path / "model.safetensors"))
+    tensors = hf_checkpoint.read_safetensors(str(path / "model.safetensors"))
     del tensors[name]
-    convert.write_safetensors(str(path / "model.safetensors"), tensors)
+    hf_checkpoint.write_safetensors(str(path / "model.safetensors"), tensors)
 
 
 def _add_tensor(path, name):
-    tensors = convert.read_safetensors(str(path / "model.safetensors"))
+    tensors = hf_checkpoint.read_safetensors(str(path / "model.safetensors"))
     tensors[name] = np.zeros((12, 8), np.float32)
-    convert.write_safetensors(str(path / "model.safetensors"), tensors)
+    hf_checkpoint.write_safetensors(str(path / "model.safetensors"), tensors)
 
 
 def _reshape_tensor(path, name):
-    tensors = convert.read_safetensors(str(path / "model.safetensors"))
+    tensors = hf_checkpoint.read_safetensors(str(path / "model.safetensors"))
     tensors[name] = np.zeros((5, 8), np.float32)
-    convert.write_safetensors(str(path / "model.safetensors"), tensors)
+    hf_checkpoint.write_safetensors(str(path / "model.safetensors"), tensors)
 
 
 BAD_INPUTS = {
@@ -231,10 +231,10 @@ def _del_key(path, key):
 
 
 def _shrink_embeddings(path, rows):
-    tensors = convert.read_safetensors(str(path / "model.safetensors"))
+    tensors = hf_checkpoint.read_safetensors(str(path / "model.safetensors"))
     for name in ("shared.weight", "lm_head.weight"):
         tensors[name] = tensors[name][:rows]
-    convert.write_safetensors(str(path / "model.safetensors"), tensors)
+    hf_checkpoint.write_safetensors(str(path / "model.safetensors"), tensors)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
@@ -243,25 +243,25 @@ def test_bad_input_is_a_conversion_error(hf_dir, case):
     damage, message = BAD_INPUTS[case]
     damage(path)
     with pytest.raises(ConversionError, match=message):
-        convert.import_hf(str(path))
+        hf_checkpoint.import_hf(str(path))
 
 
 def test_saved_without_tokenizer_writes_the_default_one(tmp_path, caplog):
     out = tmp_path / "ckpt"
-    with caplog.at_level("WARNING", logger="ankh3.convert"):
-        convert.save_pretrained_dir(str(out), CFG, random_flat(CFG))
+    with caplog.at_level("WARNING", logger="ankh3.hf_checkpoint"):
+        hf_checkpoint.save_pretrained_dir(str(out), CFG, random_flat(CFG))
     assert "default tokenizer of vocab_size 40" in caplog.text
     assert (out / "tokenizer.json").exists()
-    assert convert.load_pretrained_dir(str(out))[2].pieces == Tokenizer.default(CFG.vocab_size).pieces
+    assert hf_checkpoint.load_pretrained_dir(str(out))[2].pieces == Tokenizer.default(CFG.vocab_size).pieces
 
 
 def test_dir_without_tokenizer_files_is_one_line_with_the_fix(tmp_path):
     out = tmp_path / "ckpt"
-    convert.save_pretrained_dir(str(out), CFG, random_flat(CFG))
+    hf_checkpoint.save_pretrained_dir(str(out), CFG, random_flat(CFG))
     for name in ("tokenizer.json", "tokenizer_config.json"):
         os.remove(out / name)  # as written by versions before the default tokenizer
     with pytest.raises(ConversionError) as e:
-        convert.load_pretrained_dir(str(out))
+        hf_checkpoint.load_pretrained_dir(str(out))
     assert "\n" not in str(e.value) and "no tokenizer.json or spiece.model" in str(e.value)
     assert "Tokenizer.default(40)" in str(e.value)
 
@@ -272,7 +272,7 @@ def test_downstream_run_from_a_dir_saved_without_tokenizer(tmp_path):
 
     ckpt = tmp_path / "ckpt"
     cfg = dataclasses.replace(CFG, vocab_size=48)  # any size: the saved tokenizer has as many ids
-    convert.save_pretrained_dir(str(ckpt), cfg, random_flat(cfg))
+    hf_checkpoint.save_pretrained_dir(str(ckpt), cfg, random_flat(cfg))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
     env.pop("XLA_FLAGS", None)
