@@ -173,14 +173,14 @@ def test_cli_import_and_export(hf_dir, tmp_path, capsys):
     assert hf_checkpoint.main(["--to_hf", f"--ckpt={ckpt}", f"--out={back}"]) == 0
     assert sorted(os.listdir(back)) == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     assert_same_flat(hf_checkpoint.import_hf(str(back))[1], flat)
-    assert hf_checkpoint.main(["--to_hf", f"--out={back}"]) == 1
-    assert capsys.readouterr().err == "error: --to_hf needs --ckpt=DIR (a directory written by an import)\n"
+    assert hf_checkpoint.main(["--to_hf", f"--out={back}"]) == 2
+    assert capsys.readouterr().err == "error: --to_hf needs --ckpt=DIR (a run's workdir or a directory written by an import)\n"
 
 
-def test_cli_bad_dir_is_one_line_and_exit_1(tmp_path):
+def test_cli_bad_dir_is_one_line_and_exit_2(tmp_path):
     run = subprocess.run([sys.executable, "-m", "ankh3.hf_checkpoint", f"--hf_dir={tmp_path}", f"--out={tmp_path}/o"],
                          capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert run.returncode == 1
+    assert run.returncode == 2
     assert run.stderr.splitlines() == [f"error: {tmp_path}: no config.json; pass a HF T5 checkpoint directory"]
 
 
@@ -291,3 +291,158 @@ def test_downstream_run_from_a_dir_saved_without_tokenizer(tmp_path):
     assert np.isfinite(list(probes["gb1/model"].data.metrics.values())).all()
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     assert parent.info.status == "FINISHED" and parent.data.params["init_from"] == str(ckpt)
+
+
+# ---- a trained run's workdir -> HF, with a model card ------------------------------------
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_STEPS = (2, 4)  # checkpoints the tiny run leaves
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny run's workdir as launch/run.py leaves it: config.json, orbax checkpoints of the whole train
+    state (grad_accum 2, so directories count micro-batches: 4 and 8 for steps 2 and 4), summary files.
+    Steps are stood for by fresh parameters (not trained: what is tested is the layout, not the values)."""
+    import jax
+    from flax import nnx
+
+    from ankh3 import train
+    from ankh3.checkpoint import Checkpointer
+    from ankh3.config import model_config
+    from ankh3.model import T5
+    from ankh3.optimizer import OptimizerSpec, make_optimizer
+    from experiments.base import get_config
+
+    workdir = tmp_path_factory.mktemp("run")
+    config = get_config()
+    config.model.update(d_model=16, d_ff=24, num_heads=2, d_kv=8, num_encoder_layers=2, num_decoder_layers=1)
+    config.optimizer.grad_accum = 2
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+    cfg = model_config(config.model)
+    tx, _ = make_optimizer(OptimizerSpec.from_config(config.optimizer, config.train.steps))
+    checkpointer = Checkpointer(str(workdir / "checkpoints"))
+    params_at = {}
+    for step in RUN_STEPS:
+        model = T5(cfg, rngs=nnx.Rngs(step))
+        _, state = train.init_state(model, tx)
+        state["step"] = jax.numpy.int32(step * config.optimizer.grad_accum)
+        checkpointer.save(step * config.optimizer.grad_accum, state, {"position": step})
+        params_at[step] = flat_params(model)
+    checkpointer.close()
+    metrics = {"test/q3_mean": 0.5, "test/q3_std": 0.01}  # stands for a probe's result: the card only copies it
+    (workdir / "pretrain_summary.json").write_text(json.dumps({"step": 4, "eval/loss": 5.1, "eval/nlu/loss": 4.9}))
+    (workdir / "summary.json").write_text(json.dumps({"pretrain": {}, "downstream": [
+        {"task": "ssp3", "source": "model", "metrics": metrics},
+        {"task": "ssp3", "source": "onehot", "metrics": {"test/q3_mean": 0.4, "test/q3_std": 0.02}}]}))
+    return workdir, cfg, params_at
+
+
+def test_read_run_takes_the_latest_checkpoint_or_the_step_asked(run_dir):
+    workdir, cfg, params_at = run_dir
+    latest = hf_checkpoint.read_run(str(workdir))
+    assert latest.step == 4 and latest.model_cfg == dataclasses.replace(cfg, dtype="float32")
+    assert_same_flat(latest.flat, params_at[4])
+    assert not np.array_equal(params_at[2]["shared"], params_at[4]["shared"])
+    assert_same_flat(hf_checkpoint.read_run(str(workdir), step=2).flat, params_at[2])
+    with pytest.raises(ConversionError, match=r"no checkpoint at step 3; it holds steps 2, 4"):
+        hf_checkpoint.read_run(str(workdir), step=3)
+
+
+def test_export_run_writes_weights_tokenizer_and_model_card(run_dir, tmp_path):
+    workdir, cfg, params_at = run_dir
+    out = tmp_path / "hf"
+    hf_checkpoint.export_run(str(workdir), str(out))
+    assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors", "tokenizer.json",
+                                       "tokenizer_config.json"]
+    cfg2, flat, tok = hf_checkpoint.import_hf(str(out))
+    assert_same_flat(flat, params_at[4])
+    assert tok.pieces == Tokenizer.default(cfg.vocab_size).pieces
+    card = (out / "README.md").read_text()
+    assert "# base/ankh3-s0 at step 4" in card
+    assert "- `[NLU]`: embeddings" in card and "- `[S2S]`: completion" in card
+    assert "| nlu | span_corruption | 0.5 | `[NLU]` |" in card and "noise_density (0.15, 0.2, 0.3)" in card
+    assert "| ssp3 | q3 | 0.500 ± 0.010 | 0.400 ± 0.020 |" in card and "| `eval/loss` | 5.1000 |" in card
+    assert "gradient accumulation 2" in card and "data/pretrain/train.fasta.xz" in card
+    with pytest.raises(ConversionError, match="already holds an export"):
+        hf_checkpoint.export_run(str(workdir), str(out))
+
+
+def test_card_of_an_earlier_step_says_where_its_results_come_from(run_dir, tmp_path):
+    workdir, _, _ = run_dir
+    hf_checkpoint.export_run(str(workdir), str(tmp_path / "hf"), step=2)
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "at step 2" in card and "measured at step 4, not at the exported step 2" in card
+
+
+def test_exported_run_loads_offline_in_transformers_and_matches_our_encoder(run_dir, tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from flax import nnx
+
+    from ankh3.model import T5, load_flat_params
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    workdir, cfg, params_at = run_dir
+    out = str(tmp_path / "hf")
+    assert hf_checkpoint.main(["--to_hf", f"--ckpt={workdir}", f"--out={out}"]) == 0
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)
+    encoder = transformers.T5EncoderModel.from_pretrained(out, local_files_only=True).eval()
+    seq2seq = transformers.AutoModelForSeq2SeqLM.from_pretrained(out, local_files_only=True).eval()
+    ours_tok = Tokenizer.default(cfg.vocab_size)
+    sequences = ["MKTAYIAKQRQISFVKSHFSRQ", "MSEQNNTEMTFQIQRIYTKDISFEAPNAPHVFQ"]
+    batch = tokenizer(["[NLU]" + s for s in sequences], padding=True, return_tensors="pt")
+    ids, mask = batch.input_ids.numpy(), batch.attention_mask.numpy().astype(bool)
+    assert ids[1].tolist() == [ours_tok.task_id("[NLU]"), *ours_tok.encode(sequences[1]).tolist(), ours_tok.eos_id]
+    ours = load_flat_params(T5(cfg, rngs=nnx.Rngs(0)), params_at[4])
+    decoder_inputs = np.zeros((2, 3), np.int64)
+    with torch.no_grad():
+        hidden = encoder(**batch).last_hidden_state.numpy()
+        logits = seq2seq(**batch, decoder_input_ids=torch.tensor(decoder_inputs)).logits.numpy()
+    ours_hidden = np.asarray(ours.encode(ids, mask))
+    np.testing.assert_allclose(hidden[mask], ours_hidden[mask], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits, np.asarray(ours(ids, decoder_inputs, mask)), rtol=1e-5, atol=1e-4)
+
+
+def test_cli_help_names_its_flags_and_examples():
+    run = subprocess.run([sys.executable, "-m", "ankh3.hf_checkpoint", "--help"], capture_output=True, text=True,
+                         cwd=REPO)
+    assert run.returncode == 0
+    assert "--to_hf" in run.stdout and "--step" in run.stdout and "examples:" in run.stdout
+    assert "--ckpt=runs/base/ankh3-s0" in run.stdout
+
+
+def test_cli_bad_usage_and_bad_run_are_one_line_exit_2(run_dir, tmp_path):
+    workdir, _, _ = run_dir
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "ankh3.hf_checkpoint", *args], capture_output=True, text=True,
+                              cwd=REPO, timeout=120)
+
+    cases = {
+        "no --out": (cli("--to_hf"), "the following arguments are required: --out"),
+        "bad --step": (cli("--to_hf", f"--ckpt={workdir}", "--step=x", f"--out={tmp_path}/a"), "invalid int value"),
+        "missing step": (cli("--to_hf", f"--ckpt={workdir}", "--step=7", f"--out={tmp_path}/b"),
+                         "no checkpoint at step 7"),
+        "not a run": (cli("--to_hf", f"--ckpt={tmp_path}", f"--out={tmp_path}/c"), "neither a run's workdir"),
+    }
+    for case, (run, message) in cases.items():
+        assert run.returncode == 2, case
+        assert len(run.stderr.splitlines()) == 1 and run.stderr.startswith("error: ") and message in run.stderr, case
+    assert not os.path.exists(f"{tmp_path}/b")  # nothing written for a failed export
+
+
+def test_damaged_checkpoint_is_one_line_naming_other_steps(run_dir, tmp_path):
+    import shutil
+
+    workdir, _, _ = run_dir
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    for root, _, files in os.walk(copy / "checkpoints" / "8" / "state"):
+        for name in files:
+            if name != "_METADATA" and "ocdbt" not in root:
+                continue
+            path = os.path.join(root, name)
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(ConversionError, match=r"checkpoints/8: cannot read the parameters .*pass --step= of another one \(2, 4\)"):
+        hf_checkpoint.read_run(str(copy))
