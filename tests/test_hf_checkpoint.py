@@ -221,7 +221,13 @@ BAD_INPUTS = {
     "tokenizer too big": (lambda p: edit_config(p, vocab_size=30) or _shrink_embeddings(p, 30),
                           "tokenizer has 40 tokens but the embedding has 30 rows"),
     "no tokenizer": (lambda p: os.remove(p / "tokenizer.json"), "tokenizer: .*no tokenizer.json or spiece.model"),
+    "truncated weights": (lambda p: _truncate(p / "model.safetensors", 0.5), r"ends at byte \d+ .*the file is truncated"),
+    "truncated header": (lambda p: _truncate(p / "model.safetensors", 0.01), "not a readable safetensors file"),
 }
+
+
+def _truncate(path, fraction):
+    os.truncate(path, int(os.path.getsize(path) * fraction))
 
 
 def _del_key(path, key):
