@@ -591,7 +591,7 @@ EXAMPLES = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ankh3.cli import command_parser, run_command
+    from ankh3.command_line import command_parser, main_guard
 
     parser = command_parser("python -m ankh3.hf_checkpoint", __doc__, EXAMPLES)
     parser.add_argument("--hf_dir", help="HF T5 checkpoint directory to import")
@@ -601,7 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", type=int, help="with --to_hf of a run: the checkpoint's step (default: the latest)")
     parser.add_argument("--out", required=True, help="output directory")
     args = parser.parse_args(argv)
-    return run_command(lambda: convert(args))
+    with main_guard():
+        print(convert(args), flush=True)
+    return 0
 
 
 def convert(args) -> str:

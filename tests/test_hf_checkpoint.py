@@ -173,7 +173,9 @@ def test_cli_import_and_export(hf_dir, tmp_path, capsys):
     assert hf_checkpoint.main(["--to_hf", f"--ckpt={ckpt}", f"--out={back}"]) == 0
     assert sorted(os.listdir(back)) == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     assert_same_flat(hf_checkpoint.import_hf(str(back))[1], flat)
-    assert hf_checkpoint.main(["--to_hf", f"--out={back}"]) == 2
+    with pytest.raises(SystemExit) as done:
+        hf_checkpoint.main(["--to_hf", f"--out={back}"])
+    assert done.value.code == 2
     assert capsys.readouterr().err == "error: --to_hf needs --ckpt=DIR (a run's workdir or a directory written by an import)\n"
 
 

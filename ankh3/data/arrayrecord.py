@@ -134,7 +134,7 @@ EXAMPLES = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ankh3.cli import command_parser, run_command
+    from ankh3.command_line import command_parser, main_guard
 
     parser = command_parser("python -m ankh3.data.arrayrecord", __doc__, EXAMPLES)
     parser.add_argument("--fasta", required=True, help="input FASTA (plain, .gz or .xz)")
@@ -146,13 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     def report(message: str) -> None:
         print(f"{message} [{time.perf_counter() - start:.0f} s]", flush=True)
 
-    def convert() -> str:
+    with main_guard():
         meta = convert_fasta(args.fasta, args.out, args.shards, progress=report)
-        odd = ", ".join(f"{letter} {n:,}" for letter, n in meta["nonstandard_residues"].items()) or "none"
-        return (f"wrote {meta['count']:,} records ({meta['residues']:,} residues; non-standard: {odd}) into "
-                f"{len(meta['shards'])} shards in {args.out} in {time.perf_counter() - start:.1f} s")
-
-    return run_command(convert)
+    odd = ", ".join(f"{letter} {n:,}" for letter, n in meta["nonstandard_residues"].items()) or "none"
+    print(f"wrote {meta['count']:,} records ({meta['residues']:,} residues; non-standard: {odd}) into "
+          f"{len(meta['shards'])} shards in {args.out} in {time.perf_counter() - start:.1f} s", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
