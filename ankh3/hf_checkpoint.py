@@ -22,6 +22,7 @@ import sys
 
 import numpy as np
 
+from ankh3 import names
 from ankh3.errors import UserError
 from ankh3.tokenizer import TokenizeError, Tokenizer
 
@@ -457,8 +458,9 @@ def load_pretrained_dir(ckpt_dir: str, seed: int = 0, **overrides):
 
 
 # ---- a training run's workdir (launch/run.py) ------------------------------------------
-RUN_CONFIG_FILE = "config.json"      # the run's resolved ConfigDict, as JSON
-RUN_CHECKPOINTS_DIR = "checkpoints"  # orbax steps of {state: {step, params, rest, opt_state}, data}
+# The workdir's config (JSON of the resolved ConfigDict) and orbax steps of {state: {step, params, rest,
+# opt_state}, data}, as ankh3.names calls them.
+RUN_CONFIG_FILE, RUN_CHECKPOINTS_DIR = names.CONFIG_FILE, names.CHECKPOINTS
 
 
 @dataclasses.dataclass

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 
+from ankh3 import names
 from ankh3.tokenizer import TASK_TOKENS
 
 log = logging.getLogger(__name__)
@@ -143,10 +144,11 @@ def _data(config: dict) -> str:
 
 
 def _results(workdir: str, step: int) -> str:
-    summary = _read_json(os.path.join(workdir, "downstream", "summary.json")) or {}
+    # --mode=downstream writes its summary under downstream/; --mode=all at the top of the workdir.
+    summary = _read_json(os.path.join(workdir, names.DOWNSTREAM, names.SUMMARY)) or {}
     if not summary.get("downstream"):
-        summary = _read_json(os.path.join(workdir, "summary.json")) or {}
-    pretrain = _read_json(os.path.join(workdir, "pretrain_summary.json")) or summary.get("pretrain") or {}
+        summary = _read_json(os.path.join(workdir, names.SUMMARY)) or {}
+    pretrain = _read_json(os.path.join(workdir, names.PRETRAIN_SUMMARY)) or summary.get("pretrain") or {}
     lines = ["## Results"]
     evals = {k: v for k, v in pretrain.items() if k.startswith("eval/") and isinstance(v, (int, float))}
     if evals:
