@@ -454,3 +454,14 @@ def test_damaged_checkpoint_is_one_line_naming_other_steps(run_dir, tmp_path):
                 f.truncate(os.path.getsize(path) // 2)
     with pytest.raises(ConversionError, match=r"checkpoints/8: cannot read the parameters .*pass --step= of another one \(2, 4\)"):
         hf_checkpoint.read_run(str(copy))
+
+
+def test_run_started_from_published_weights_exports_their_tokenizer(hf_dir, tmp_path):
+    path, _ = hf_dir
+    tok, src = hf_checkpoint.run_tokenizer({"init_from": str(path)}, CFG.vocab_size)
+    assert src == str(path) and tok.pieces == Tokenizer.default(CFG.vocab_size).pieces
+    os.remove(path / "tokenizer.json")
+    with pytest.raises(ConversionError, match="no longer holds its tokenizer"):
+        hf_checkpoint.run_tokenizer({"init_from": str(path)}, CFG.vocab_size)
+    tok, src = hf_checkpoint.run_tokenizer({"init_from": ""}, 64)
+    assert src is tok and tok.pieces == Tokenizer.default(64).pieces
