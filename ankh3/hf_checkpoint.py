@@ -529,8 +529,10 @@ def read_run_params(workdir: str, step: int | None = None, grad_accum: int = 1) 
                 item=item, restore_args=restore_args, partial_restore=True)))
         except Exception as e:  # noqa: BLE001 -- orbax and tensorstore raise many kinds for damaged files
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            others = ", ".join(str(s // grad_accum) for s in saved if s != saved_step)
+            fix = f"pass --step= of another one ({others})" if others else "no other checkpoint is kept"
             raise ConversionError(f"{where}: cannot read the parameters ({type(e).__name__}: {first}); the "
-                                  f"checkpoint is damaged: pass --step= of another one ({available})") from None
+                                  f"checkpoint is damaged: {fix}") from None
     flat = {".".join(str(k.key) for k in path[:-1]): np.asarray(leaf, np.float32)  # path ends in 'value'
             for path, leaf in jax.tree_util.tree_flatten_with_path(restored["state"]["params"])[0]}
     return saved_step // grad_accum, flat

@@ -452,7 +452,7 @@ def test_damaged_checkpoint_is_one_line_naming_other_steps(run_dir, tmp_path):
             path = os.path.join(root, name)
             with open(path, "r+b") as f:
                 f.truncate(os.path.getsize(path) // 2)
-    with pytest.raises(ConversionError, match=r"checkpoints/8: cannot read the parameters .*pass --step= of another one \(2, 4\)"):
+    with pytest.raises(ConversionError, match=r"checkpoints/8: cannot read the parameters .*pass --step= of another one \(2\)$"):
         hf_checkpoint.read_run(str(copy))
 
 
