@@ -253,7 +253,8 @@ def build_data(config, tokenizer, mixture, process_index: int | None = None, pro
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     common = dict(batch_size=host_batch_size(data.batch_size, process_count), encoder_length=data.encoder_length,
-                  decoder_length=data.decoder_length, min_residues=data.min_residues, on_invalid=data.on_invalid,
+                  decoder_length=data.decoder_length, max_residues=data.max_residues, crop=data.crop,
+                  min_residues=data.min_residues, on_invalid=data.on_invalid,
                   process_index=process_index, process_count=process_count)
     train = pipeline.make_iterator(open_source(data.train), tokenizer, mixture, seed=config.seed, shuffle=True,
                                    worker_count=data.worker_count, **common)
@@ -279,6 +280,8 @@ def pretrain(config, workdir: str, tracker, pieces: Pieces):
     from ankh3 import train
     from ankh3.checkpoint import Checkpointer, PreemptionGuard
     from ankh3.config import build_mixture
+    from ankh3.data.frequencies import unigram_entropy
+    from ankh3.data.sources import open_source
     from ankh3.optimizer import OptimizerSpec, make_optimizer
     from ankh3.sharding import shard_model
 
@@ -298,7 +301,9 @@ def pretrain(config, workdir: str, tracker, pieces: Pieces):
         steps=config.train.steps, grad_accum=config.optimizer.grad_accum, log_every=config.train.log_every,
         eval_every=config.train.eval_every, checkpoint_every=config.train.checkpoint_every,
         progress_every_s=config.train.progress_every_s, tokens_per_step=config.budget.tokens_per_step,
-        dropout=pieces.model_cfg.dropout_rate > 0)
+        dropout=pieces.model_cfg.dropout_rate > 0,
+        unigram_floor=unigram_entropy(open_source(config.data.train), pieces.tokenizer,
+                                      on_invalid=config.data.on_invalid))
     residues = train.residue_ids(pieces.tokenizer)  # a converted checkpoint may place residues at other ids
     train_step = train.make_train_step(graphdef, tx, len(task_names), settings.dropout, residues)
     eval_step = train.make_eval_step(graphdef, len(task_names), residues)
