@@ -53,7 +53,7 @@ def run(args, env, **kw):
 def losses(workdir):
     """{step: train loss} from the run's local metric history."""
     with open(os.path.join(workdir, "history.jsonl")) as f:
-        return {r["step"]: r["train/loss"] for r in map(json.loads, f) if "train/loss" in r}
+        return {r["step"]: r["train/mix_nlu_s2s/loss"] for r in map(json.loads, f) if "train/mix_nlu_s2s/loss" in r}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_run_trains_and_logs_params_metrics_and_child_runs(setup, full_run):
     assert params["budget.total_tokens"] == str(STEPS * 8 * (96 + 64))
     assert {tags["family"], tags["variant"], tags["seed"]} == {"base", "ankh3", "0"}
     assert tags["git_commit"] and tags["device_kind"] and tags["jax_version"]
-    history = client.get_metric_history(parent.info.run_id, "train/loss")
+    history = client.get_metric_history(parent.info.run_id, "train/mix_nlu_s2s/loss")
     assert [m.step for m in history] == list(range(1, STEPS + 1))
     assert history[-1].value < history[0].value
     for key in ("train/nlu/loss", "train/s2s/accuracy", "eval/nlu/loss", "eval/s2s/accuracy", "perf/tokens_per_s"):
@@ -162,7 +162,7 @@ def test_sync_workdir_sends_an_offline_run(setup, tmp_path):
     blocker.write_text("not a folder")
     workdir = str(tmp_path / "offline")
     tracker = Tracker(f"sqlite:///{blocker}/mlflow.db", "offline_family", "v-s0", workdir).start()
-    tracker.log_metrics(1, {"train/loss": 2.5})
+    tracker.log_metrics(1, {"train/mix_nlu_s2s/loss": 2.5})
     assert not tracker.end()  # the store was unreachable: all of it is in the journal
     env = setup[2]
     done = run([f"--sync_workdir={workdir}"], env)
@@ -170,7 +170,7 @@ def test_sync_workdir_sends_an_offline_run(setup, tmp_path):
     assert not os.path.exists(os.path.join(workdir, JOURNAL))
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     (synced,) = client.search_runs([client.get_experiment_by_name("offline_family").experiment_id])
-    assert synced.data.metrics == {"train/loss": 2.5} and synced.info.status == "FINISHED"
+    assert synced.data.metrics == {"train/mix_nlu_s2s/loss": 2.5} and synced.info.status == "FINISHED"
 
 
 def test_each_host_reads_its_own_records_and_its_share_of_the_batch(tmp_path):

@@ -33,7 +33,7 @@ def test_run_logs_params_metrics_children_and_artifacts(store, tmp_path):
     tracker = tracking.Tracker(store, "fam", "v-s0", str(tmp_path / "w"), tags={"family": "fam"}).start()
     tracker.log_params(params)
     for step in range(1, 6):
-        tracker.log_metrics(step, {"train/loss": 1.0 / step, "train/NLU/acc": 0.1 * step})
+        tracker.log_metrics(step, {"train/s2s/loss": 1.0 / step, "train/NLU/acc": 0.1 * step})
     art = tmp_path / "summary.json"
     art.write_text("{}")
     tracker.log_artifact(str(art))
@@ -45,7 +45,7 @@ def test_run_logs_params_metrics_children_and_artifacts(store, tmp_path):
     assert run.info.run_name == "v-s0" and run.info.status == "FINISHED"
     assert run.data.params["p249"] == "249" and len(run.data.params) == 250
     assert run.data.tags["family"] == "fam"
-    history = client.get_metric_history(tracker.run_id, "train/loss")
+    history = client.get_metric_history(tracker.run_id, "train/s2s/loss")
     assert [m.step for m in history] == [1, 2, 3, 4, 5]
     assert history[-1].value == pytest.approx(0.2)
     assert [a.path for a in client.list_artifacts(tracker.run_id)] == ["summary.json"]
