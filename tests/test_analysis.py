@@ -118,7 +118,7 @@ def test_pngs_are_non_trivial_images(report):
 
     _, _, _, result = report
     names = {os.path.basename(p) for p in result.files if p.endswith(".png")}
-    assert {"curves_all.png", "curves_nlu.png", "downstream_ssp3_model_test_q3_mean.png"} <= names
+    assert {"curves_mix_nlu_s2s.png", "curves_nlu.png", "downstream_ssp3_model_test_q3_mean.png"} <= names
     for path in (p for p in result.files if p.endswith(".png")):
         image = imread(path)[..., :3]
         assert image.shape[0] >= 300 and image.shape[1] >= 300

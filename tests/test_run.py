@@ -17,7 +17,8 @@ STEPS = 40
 TINY = [
     "--config=experiments/base.py", f"--config.train.steps={STEPS}", "--config.model.d_model=64",
     "--config.model.d_ff=128", "--config.model.num_heads=2", "--config.model.num_encoder_layers=1",
-    "--config.model.num_decoder_layers=1", "--config.data.batch_size=8", "--config.data.encoder_length=96",
+    "--config.model.num_decoder_layers=1", "--config.data.batch_size=8", "--config.data.max_residues=90",
+    "--config.data.encoder_length=96",
     "--config.data.decoder_length=64", "--config.train.log_every=1", "--config.train.eval_every=20",
     "--config.train.eval_batches=2", "--config.train.checkpoint_every=1000", "--config.train.progress_every_s=0",
     "--config.optimizer.warmup_steps=5",
@@ -183,7 +184,8 @@ def test_each_host_reads_its_own_records_and_its_share_of_the_batch(tmp_path):
     path = tmp_path / "ac.fasta"
     path.write_text("".join(f">r{i}\n{'AC'[i % 2] * 40}\n" for i in range(40)))
     config = get_config()
-    config.data.update(train=str(path), valid=str(path), batch_size=8, encoder_length=48, decoder_length=48)
+    config.data.update(train=str(path), valid=str(path), batch_size=8, encoder_length=48, decoder_length=48,
+                       max_residues=40)
     config.train.eval_batches = 2
     tok = Tokenizer.default(config.model.vocab_size)
     mixture = build_mixture(config.objectives, config.mixture_granularity)
