@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from ankh3 import tracking
@@ -100,6 +101,18 @@ def test_loss_plots_one_png_per_objective(tmp_path):
     paths = tracking.write_loss_plots(curves, str(tmp_path))
     assert sorted(os.path.basename(p) for p in paths) == ["loss_NLU.png", "loss_S2S.png"]
     assert all(open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_loss_plots_draw_the_unigram_floor_as_a_line(tmp_path):
+    from matplotlib.image import imread
+
+    curves = {"s2s": {"train": [(1, 3.0), (9, 2.0)], "eval": [(9, 2.2)]}}
+    plain = imread(tracking.write_loss_plots(curves, str(tmp_path / "plain"))[0])
+    curves["s2s"]["unigram floor"] = [(1, 2.9)]
+    floored = imread(tracking.write_loss_plots(curves, str(tmp_path / "floor"))[0])
+    grey = np.all(np.abs(floored[..., :3] - 0.5) < 0.02, axis=-1)  # matplotlib's 'grey' is (0.5, 0.5, 0.5)
+    assert grey.sum(axis=1).max() > floored.shape[1] // 3  # a long grey row: the horizontal floor
+    assert np.all(np.abs(plain[..., :3] - 0.5) < 0.02, axis=-1).sum(axis=1).max() < plain.shape[1] // 3
 
 
 def test_ui_command_names_the_store():
