@@ -30,7 +30,8 @@ class PipelineError(UserError, ValueError):
 
 # ---- one batch, pure numpy ----------------------------------------------------------------------------
 def crop_windows(lengths: np.ndarray, max_residues: int, crop: str, rng: np.random.Generator):
-    """(start, kept length) per sequence: longer ones keep a random window ('random') or their start."""
+    """(start, kept length) per sequence: longer ones keep a random window ('random', the default: see
+    CROPS for why) or their start ('start')."""
     kept = np.minimum(lengths, max_residues)
     if crop == "random":
         return rng.integers(0, lengths - kept + 1), kept
