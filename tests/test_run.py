@@ -151,7 +151,8 @@ def test_corrupt_data_file_is_one_line(setup, tmp_path):
 def test_dry_run_prints_size_and_budget(setup):
     done = run(["--config=experiments/ablate_completion.py:0.75", "--config.train.steps=10", "--dry_run"], setup[2])
     assert done.returncode == 0, done.stderr
-    assert "parameters: " in done.stdout and "token budget: 35,840 over 10 steps" in done.stdout
+    assert "parameters: " in done.stdout and "token budget: 38,400 over 10 steps" in done.stdout  # 16 x (136 + 104) x 10
+    assert "cut to 128 residues (random)" in done.stdout and "s2s: 32+96 residues" in done.stdout  # int(128 * 0.75)
 
 
 def test_sync_workdir_sends_an_offline_run(setup, tmp_path):
