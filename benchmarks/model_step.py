@@ -64,6 +64,8 @@ def parse_args(argv):
     p.add_argument("--also_bf16", action="store_true", help="also time ours with dtype bfloat16")
     p.add_argument("--torch_compile", action="store_true", help="also time HF under torch.compile")
     p.add_argument("--compile_depths", default="4,48", help="encoder depths for the compile-time figure ('' skips)")
+    p.add_argument("--profile_dir", default="", help="also trace 2 of our steps there (jax.profiler) and print "
+                   "where their time goes, by kind of XLA op")
     p.add_argument("--peak_flops", type=float, default=H100_BF16_PEAK)
     return p.parse_args(argv)
 
@@ -200,6 +202,31 @@ def jax_runner(cfg: ModelConfig, batch):
     return run, compile_s
 
 
+def profile_ours(run, trace_dir: str, steps: int = 2) -> dict[str, float]:
+    """Seconds per step spent in each kind of XLA:CPU op (name without its .N suffix), summed over threads.
+
+    ynn_fusion/dot are the matmuls; wrapped_broadcast and copy are mostly scan's zero-filled buffers.
+    """
+    import glob
+    import gzip
+    import json
+    import re
+
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        for _ in range(steps):
+            run()
+    path = sorted(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True))[-1]
+    with gzip.open(path) as f:
+        events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    totals = collections.Counter()
+    for event in events:
+        name = event.get("name", "")
+        if event.get("ph") == "X" and not name.startswith(("ThunkExecutor", "$", "SlinkyThreadPool", "while", "Pjit")):
+            totals[re.sub(r"\.\d+$", "", name)] += event.get("dur", 0) * 1e-6 / steps
+    return dict(totals.most_common())
+
+
 def compile_seconds(cfg: ModelConfig, batch) -> float:
     """Lower + compile the full training step from abstract state (nothing allocated)."""
     step, state = make_jax_step(nnx.eval_shape(lambda: make_model_and_optimizer(cfg)))
@@ -288,6 +315,12 @@ def main(argv=None) -> int:
     if JAX_F32_CEILING in times:
         print(f"ours reaches {times[JAX_F32_CEILING] / ours:.0%} of the JAX float32 GEMM ceiling "
               f"({flops / times[JAX_F32_CEILING] / 1e9:.0f} GFLOP/s measured in this run)")
+    if args.profile_dir:
+        kinds = profile_ours(run_ours, args.profile_dir)
+        total = sum(kinds.values())
+        print(f"where our step's op time goes ({total * 1e3:.0f} ms of op time per step, all threads):")
+        for kind, seconds in list(kinds.items())[:12]:
+            print(f"  {kind:36s} {seconds * 1e3:8.1f} ms  {seconds / total:6.1%}")
     for depth in [int(d) for d in args.compile_depths.split(",") if d]:
         deep = dataclasses.replace(cfg, num_encoder_layers=depth, num_decoder_layers=max(1, depth // 2))
         print(f"compile time, {depth} encoder / {max(1, depth // 2)} decoder layers: "
