@@ -52,14 +52,17 @@ def model_section(shape: str) -> dict[str, Any]:
 def model_config(section: Mapping[str, Any], backend: str = "cpu"):
     """The ModelConfig of the config's model section (shape defaults with every field as set).
 
-    dtype 'auto' computes in bfloat16 on accelerators and float32 on CPUs (where bf16 is slow).
+    dtype 'auto' computes in bfloat16 on accelerators and float32 on CPUs (where bf16 is slow);
+    attention 'auto' becomes the backend's implementation (`ankh3.model.attention_for_backend`).
     """
-    from ankh3.model import ModelConfigError, get_shape
+    from ankh3.model import ModelConfigError, attention_for_backend, get_shape
 
     fields = dict(section)
     shape = fields.pop("shape")
     if fields.get("dtype") == "auto":
         fields["dtype"] = "float32" if backend == "cpu" else "bfloat16"
+    if fields.get("attention") == "auto":
+        fields["attention"] = attention_for_backend(backend, fields.get("dtype", "float32"))
     try:
         return get_shape(shape, **fields)
     except (ModelConfigError, TypeError) as e:
