@@ -48,7 +48,7 @@ def setup(tmp_path_factory):
 
 
 def run(args, env, **kw):
-    return subprocess.run(RUN + args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240, **kw)
+    return subprocess.run(RUN + args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=480, **kw)
 
 
 def losses(workdir):
