@@ -199,7 +199,7 @@ def downstream_tasks(section, root: str = REPO_ROOT) -> list:
                                  states=int(entry.get("states", 3)), target=entry.get("target", "log_fluorescence"),
                                  cb513_mask=bool(entry.get("cb513_mask", False))))
         except TaskDataError as e:
-            raise ConfigError(f"config.downstream (task {name!r}): {e}") from None
+            raise ConfigError(f"config.downstream (task {name!r}): {str(e).removeprefix(f'task {name!r}: ')}") from None
     return decls
 
 

@@ -119,5 +119,5 @@ def test_training_crops_long_chains_and_their_contact_maps_alike():
     row = int(np.argmax(batch["mask"].sum(1)))
     start = int(batch["x"][row, 0, 0])  # residue index of the window's first row
     np.testing.assert_array_equal(batch["y"][row, :12, :12], maps[1][start:start + 12, start:start + 12])
-    (_, whole), = probe.iterate_batches(probe.ProbeSplit(emb, maps), "contact", cfg, rng=None)
-    assert whole["x"].shape[1] == 32  # evaluation sees whole chains
+    short, whole = (batch for _, batch in probe.iterate_batches(probe.ProbeSplit(emb, maps), "contact", cfg, rng=None))
+    assert short["x"].shape[1] == 16 and whole["x"].shape[1] == 32  # evaluation sees whole chains, by bucket
