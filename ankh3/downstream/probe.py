@@ -192,6 +192,23 @@ def _optimizer(lr: float, weight_decay: float) -> optax.GradientTransformation:
     return optax.adamw(lr, weight_decay=weight_decay)
 
 
+@functools.partial(jax.jit, static_argnames=("lr", "weight_decay"))
+def _init_optimizer(params, *, lr, weight_decay):
+    return jax.vmap(_optimizer(lr, weight_decay).init)(params)
+
+
+@jax.jit
+def _seed_keys(seeds):
+    # 'rbg' keys: dropout masks from XLA's RngBitGenerator compile ~2x faster than threefry's.
+    return jax.vmap(lambda s: jax.random.key(s, impl="rbg"))(seeds)
+
+
+@jax.jit
+def _keep_best(improved, params, best):
+    """Each seed's parameters where its validation score improved, its best so far elsewhere."""
+    return jax.tree.map(lambda p, b: jnp.where(improved.reshape((-1,) + (1,) * (p.ndim - 1)), p, b), params, best)
+
+
 def predict_split(head: tuple, params, split: ProbeSplit, kind: str, cfg: ProbeConfig) -> list[list]:
     """Per seed, per-example predictions with padding stripped: classes [L], a float, or probs [L, L]."""
     graphdef, other = head
@@ -244,13 +261,13 @@ def train_probes(kind: str, splits: dict[str, ProbeSplit], score: Callable[[str,
     heads = [nnx.split(build_head(kind, dim, cfg.head, s, num_classes=num_classes, label_mean=label_mean),
                        nnx.Param, ...) for s in seeds]
     graphdef = heads[0][0]
-    params, other = (jax.tree.map(lambda *xs: jnp.stack(xs), *[h[k] for h in heads]) for k in (1, 2))
-    opt_state = jax.vmap(_optimizer(cfg.lr, cfg.weight_decay).init)(params)
+    # Stacked on the host and set up in one compiled call: eager jnp ops would compile a tiny program
+    # per parameter shape, which costs more than the probe itself at small sizes.
+    params, other = (jax.tree.map(lambda *xs: np.stack(xs), *[h[k] for h in heads]) for k in (1, 2))
+    opt_state = _init_optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     head = (graphdef, other)
 
-    # 'rbg' keys: dropout masks from XLA's RngBitGenerator compile ~2x faster than threefry's.
-    keys = jnp.stack([jax.random.key_data(jax.random.key(s, impl="rbg")) for s in seeds])
-    keys = jax.random.wrap_key_data(keys, impl="rbg")
+    keys = _seed_keys(np.asarray(seeds, np.uint32))
     rngs = [np.random.default_rng(s) for s in seeds]
     order_rng = np.random.default_rng(seeds)
     steps_per_epoch = len(epoch_plan(train, kind, cfg, [np.random.default_rng(0)], np.random.default_rng(0)))
@@ -280,8 +297,7 @@ def train_probes(kind: str, splits: dict[str, ProbeSplit], score: Callable[[str,
             improved[s] = epoch == 1 or ranked > best_value[s]
             if improved[s]:
                 best_value[s], best_epoch[s] = ranked, epoch
-        pick = jnp.asarray(improved)
-        best = jax.tree.map(lambda p, b: jnp.where(pick.reshape((-1,) + (1,) * (p.ndim - 1)), p, b), params, best)
+        best = _keep_best(improved, params, best)
 
     names = [name for name in eval_splits if name in splits]
     predictions = {name: predict_split(head, best, splits[name], kind, cfg) for name in names}
