@@ -1,8 +1,8 @@
 """Training of ConvBERT probes on frozen embeddings: AdamW, best epoch on validation, test evaluated
 once with the best parameters.
 
-The heads of several seeds train together: their parameters are stacked and one jitted, vmapped
-step updates them all, so a compiled program serves every seed and each step is one dispatch.
+With `seeds_together`, the heads of several seeds train together: their parameters are stacked and one
+jitted, vmapped step updates them all (one dispatch per step); by default seeds train one after another.
 Batches hold chains of one length bucket (powers of two from `length_multiple`), so jit compiles
 a handful of programs per head shape, and padding stays small; seeds differ in head
 initialisation, dropout and which chains share a batch.
@@ -39,6 +39,10 @@ class ProbeConfig:
     # Training chains longer than this are randomly cropped (per-residue and contact tasks only;
     # 0 = never). Bounds the contact head's B*L*L*p memory on long chains; evaluation never crops.
     max_train_length: int = 0
+    # Train the seeds' heads in one vmapped program (one dispatch per step for all seeds) rather than
+    # one after another. Off by default: measured slower on a 2-core CPU at small sizes, where compiling
+    # dominates (benchmarks/RESULTS.md, 2026-12-02).
+    seeds_together: bool = False
     head: HeadConfig = HeadConfig()
 
     def to_dict(self) -> dict:
@@ -179,13 +183,22 @@ def _train_step(params, other, opt_state, batch, keys, *, graphdef, kind, lr, we
         updates, state = _optimizer(lr, weight_decay).update(grads, state, p)
         return optax.apply_updates(p, updates), state, loss, key
 
-    return jax.vmap(one)(params, other, opt_state, batch, keys)
+    return over_seeds(one, params, other, opt_state, batch, keys)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "kind"))
 def _predict(params, other, x, mask, *, graphdef, kind):
     output = get_kind(kind).output
-    return jax.vmap(lambda p, o, x_: output(nnx.merge(graphdef, p, o)(x_, mask)), in_axes=(0, 0, None))(params, other, x)
+    return over_seeds(lambda p, o: output(nnx.merge(graphdef, p, o)(x, mask)), params, other)
+
+
+def over_seeds(fn, *stacked):
+    """`fn` over the leading (seed) axis of every argument: vmapped, or a plain call for one seed
+    (XLA:CPU compiles batched matmuls more slowly; one seed keeps the unbatched program)."""
+    if jax.tree.leaves(stacked[0])[0].shape[0] > 1:
+        return jax.vmap(fn)(*stacked)
+    out = fn(*jax.tree.map(lambda a: a[0], stacked))
+    return jax.tree.map(lambda a: a[None], out)
 
 
 def _optimizer(lr: float, weight_decay: float) -> optax.GradientTransformation:
@@ -255,6 +268,15 @@ def train_probes(kind: str, splits: dict[str, ProbeSplit], score: Callable[[str,
         if not len(splits.get(name, ())):
             raise ProbeError(f"probe: split {name!r} is missing or empty")
     seeds = [int(s) for s in seeds]
+    if len(seeds) > 1 and not cfg.seeds_together:
+        results = []
+        for k, seed in enumerate(seeds):
+            def seed_step(done, total, k=k):
+                if on_step is not None:
+                    on_step(k * total + done, total * len(seeds))
+            results += train_probes(kind, splits, score, select, cfg, seeds=(seed,), num_classes=num_classes,
+                                    higher_is_better=higher_is_better, eval_splits=eval_splits, on_step=seed_step)
+        return results
     train = splits["train"]
     dim = train.embeddings[0].shape[-1]
     label_mean = float(np.mean(train.targets)) if kind == "regression" else 0.0
