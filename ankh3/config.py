@@ -164,8 +164,10 @@ def check_config(config) -> None:
             raise ConfigError(f"config.{key} must be >= 1, got {value}")
     check_choice(config.model.dtype, ("auto", "float32", "bfloat16", "float16"), "config.model.dtype")
     check_data(config)
-    if config.downstream.prefix not in ("[NLU]", "[S2S]"):
-        raise ConfigError(f"config.downstream.prefix must be '[NLU]' or '[S2S]', got {config.downstream.prefix!r}")
+    from ankh3.tokenizer import TASK_TOKENS
+
+    check_choice(config.downstream.prefix, TASK_TOKENS, "config.downstream.prefix")
+    downstream_tasks(config.downstream)  # declared, files exist, formats fit their kinds
 
 
 def check_data(config) -> None:
@@ -184,3 +186,66 @@ def check_data(config) -> None:
                    Tokenizer.default(int(config.model.vocab_size)).num_sentinels, where="config.data.")
     except PipelineError as e:
         raise ConfigError(str(e)) from None
+
+
+# ---- downstream tasks ------------------------------------------------------------------------------
+# config.downstream.declared.TASK holds a task's kind and reader options; its data is
+# config.downstream.paths.TASK ('' = the bundled file) in config.downstream.formats.TASK ('' = sniffed).
+# config.downstream.tasks picks which declared tasks run. `declare_task` writes all three.
+def bundled_declarations() -> dict[str, dict[str, Any]]:
+    """The `declared` entries of the bundled tasks (data/downstream/)."""
+    from ankh3.downstream.tasks import BUNDLED_TASKS
+
+    return {name: declaration_entry(d.kind, d.states, d.target, d.cb513_mask) for name, d in BUNDLED_TASKS.items()}
+
+
+def declaration_entry(kind: str, states: int = 3, target: str = "log_fluorescence", cb513_mask: bool = False) -> dict:
+    return dict(kind=kind, states=int(states), target=target, cb513_mask=bool(cb513_mask))
+
+
+def declare_task(config, name: str, kind: str, path: str = "", format: str = "", *, states: int = 3,
+                 target: str = "log_fluorescence", cb513_mask: bool = False, run: bool = True) -> None:
+    """Declares task `name` in `config.downstream` (and, with `run`, appends it to the tasks that run).
+
+        declare_task(c, "fluorescence", "regression", "data/fluorescence/", "tape")   # *_train.json ...
+    """
+    import ml_collections
+
+    section = config.downstream
+    section.declared[name] = ml_collections.ConfigDict(declaration_entry(kind, states, target, cb513_mask))
+    section.paths[name] = path
+    section.formats[name] = format
+    if run and name not in section.tasks:
+        section.tasks = (*section.tasks, name)
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def downstream_tasks(section, root: str = REPO_ROOT) -> list:
+    """The `TaskDecl` of each task in `section.tasks` (paths resolved against `root`); one line when a
+    task is not declared or its files do not fit its kind."""
+    from ankh3.downstream.tasks import BUNDLED_TASKS, TaskDataError, declare
+
+    decls = []
+    for name in section.tasks:
+        entry = section.declared.get(name) if "declared" in section else None
+        if entry is None and name not in BUNDLED_TASKS:
+            raise ConfigError(f"config.downstream.tasks: {name!r} is not declared; declare it in the experiment "
+                              f"file (ankh3.config.declare_task) or pick from {', '.join(section.declared.keys())}")
+        entry = entry or bundled_declarations()[name]
+        paths, formats = section.get("paths", {}), section.get("formats", {})
+        path = paths.get(name, "") or ""
+        if path and not is_split_mapping(path):
+            path = resolve_path(path, root)
+        try:
+            decls.append(declare(name, path or None, formats.get(name, "") or None, entry["kind"],
+                                 states=int(entry.get("states", 3)), target=entry.get("target", "log_fluorescence"),
+                                 cb513_mask=bool(entry.get("cb513_mask", False))))
+        except TaskDataError as e:
+            raise ConfigError(f"config.downstream (task {name!r}): {str(e).removeprefix(f'task {name!r}: ')}") from None
+    return decls
+
+
+def is_split_mapping(path) -> bool:
+    return hasattr(path, "items")

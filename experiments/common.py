@@ -9,7 +9,7 @@ import math
 
 import ml_collections
 
-from ankh3.config import ConfigError, model_section, record_budget
+from ankh3.config import ConfigError, bundled_declarations, model_section, record_budget
 from ankh3.objectives import Completion, Mixture, SpanCorruption
 from ankh3.tokenizer import Tokenizer
 
@@ -189,8 +189,11 @@ def ankh3_recipe(shape: str = "tiny", family: str = "base", variant: str | None 
         max_per_split=size["downstream_max_per_split"],  # 0 = every example; N keeps the first N of each split
         cache_dir="",  # '' = WORKDIR/downstream/embeddings
     ))
-    # Per task, a file replacing the bundled data ('' = bundled); one key per task above.
-    c.downstream.paths = ml_collections.ConfigDict({name: "" for name in c.downstream.tasks})
+    # Per declared task: kind and reader options; a file or folder replacing the bundled data ('' = bundled);
+    # its reader format ('' = sniffed). A task of your own: ankh3.config.declare_task (docs/interfaces.md).
+    c.downstream.declared = ml_collections.ConfigDict(bundled_declarations())
+    c.downstream.paths = ml_collections.ConfigDict({name: "" for name in c.downstream.declared})
+    c.downstream.formats = ml_collections.ConfigDict({name: "" for name in c.downstream.declared})
 
     c.budget = ml_collections.ConfigDict(dict(tokens_per_step=0, total_tokens=0))
     record_budget(c)

@@ -89,7 +89,7 @@ def test_run_trains_and_logs_params_metrics_and_child_runs(setup, full_run):
         assert key in parent.data.metrics
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"config.json", "pretrain_summary.json", "summary.json", "plots"} <= artifacts
-    assert "downstream/gb1/model/test/spearman_mean" in parent.data.metrics
+    assert not any(k.startswith("downstream/") for k in parent.data.metrics)  # bars live on the children
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {"plots/loss_nlu.png", "plots/loss_s2s.png"} <= plots
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
