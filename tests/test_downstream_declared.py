@@ -123,7 +123,7 @@ def test_bad_structure_bundles_are_one_line_errors(tmp_path):
 # ---- published formats end to end from launch/run.py --------------------------------------------------
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
-    from ankh3 import convert
+    from ankh3 import hf_checkpoint as convert
     from ankh3.model import ModelConfig
 
     root = tmp_path_factory.mktemp("published")
