@@ -18,9 +18,8 @@ import time
 from typing import Any, Iterable, Mapping
 
 from ankh3.errors import UserError
+from ankh3.names import JOURNAL, TRACKING_FILE as RUN_FILE
 
-JOURNAL = "metrics.jsonl"
-RUN_FILE = "tracking.json"
 MAX_PARAMS_PER_CALL = 100  # MLflow's limit for params (and tags) per log_batch
 MAX_METRICS_PER_CALL = 1000
 MAX_PARAM_LENGTH = 6000

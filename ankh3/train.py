@@ -20,16 +20,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ankh3.errors import EXIT_NONFINITE, UserError
+from ankh3.names import HISTORY
 from ankh3.sharding import shard_batch
 from ankh3.tokenizer import RESIDUES, Tokenizer
 
 BATCH_KEYS = ("encoder_tokens", "decoder_inputs", "decoder_targets", "decoder_weights", "task")
-HISTORY = "history.jsonl"
 SUM_KEYS = ("nll", "tokens", "correct", "residues")  # what token_metrics sums per task
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Training produced a NaN/inf loss; the last good checkpoint is left in place."""
+
+    exit_code = EXIT_NONFINITE
 
 
 # ---- loss -------------------------------------------------------------------------------------------
@@ -231,8 +234,12 @@ def format_duration(seconds: float) -> str:
 def train_loop(*, state, train_step, eval_step, batches: Iterator[dict], eval_batches: Sequence[dict],
                task_names: Sequence[str], settings: LoopSettings, mesh=None, checkpointer=None,
                data_state: Callable[[], Any] | None = None, tracker=None, guard=None, schedule=None,
-               workdir: str | None = None, out=sys.stdout) -> TrainResult:
+               workdir: str | None = None, out=sys.stdout,
+               on_eval: Callable[[int, dict], None] | None = None) -> TrainResult:
     """Trains from `state['step']` to `settings.steps`, logging, evaluating and checkpointing.
+
+    `on_eval(step, metrics)` runs after each evaluation is logged; it may raise to stop the run
+    (a sweep's pruner does, so a pruned trial stops within one evaluation interval).
 
     `batches` yields numpy batches (grad_accum of them per update); `data_state()` gives the
     iterator's state for checkpoints. A non-finite loss raises NonFiniteLossError before any
@@ -286,6 +293,8 @@ def train_loop(*, state, train_step, eval_step, batches: Iterator[dict], eval_ba
             if tracker is not None:
                 tracker.log_metrics(step, metrics)
             progress.maybe_print(step, latest, latest.get("perf/steps_per_s", 0.0), task_names, force=last or stopping)
+        if due_eval and on_eval is not None:
+            on_eval(step, dict(latest))
         if due_ckpt:
             checkpointer.save(step * settings.grad_accum, state, data_state() if data_state else {}, force=True)
         if stopping:

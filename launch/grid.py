@@ -27,9 +27,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # experiments/ and ankh3/ import from the repository root
 
-EXIT_USAGE, EXIT_FAILED = 2, 1
+from ankh3 import names  # noqa: E402
+from ankh3.command_line import fail  # noqa: E402
+from ankh3.errors import ERROR_PREFIX, EXIT_FAILED, EXIT_USAGE  # noqa: E402,F401
+
 RUN_SCRIPT = os.path.join(ROOT, "launch", "run.py")
-LOG_FILE = "launch.log"
+LOG_FILE = names.LAUNCH_LOG
 # Fields that do not change what a run computes, so they stay out of the config hash.
 UNHASHED = ("seed", "tracking", "budget", "downstream.cache_dir", "data.worker_count", "train.progress_every_s")
 
@@ -148,7 +151,7 @@ class Job:
 
     @property
     def run_name(self) -> str:
-        return f"{self.variant}-s{self.seed}"  # the name launch/run.py gives its run
+        return names.run_name(self.variant, self.seed)
 
     @property
     def tags(self) -> dict:
@@ -277,9 +280,9 @@ def failure_reason(job: Job, returncode: int) -> str:
             lines = f.read().splitlines()[-400:]
     except OSError:
         lines = []
-    errors = [line for line in lines if line.startswith("error: ")]
+    errors = [line for line in lines if line.startswith(ERROR_PREFIX)]
     if errors:
-        return errors[-1][len("error: "):]
+        return errors[-1][len(ERROR_PREFIX):]
     tail = [line for line in lines if line.strip() and not line.startswith("=== ")]
     return f"exit status {returncode}: {tail[-1].strip()[:300] if tail else 'no output'}"
 
@@ -383,11 +386,6 @@ def parse_command_line(flags, argv, error: type[Exception], script: str):
     if len(rest) > 1:
         raise error(f"unexpected arguments {' '.join(rest[1:])}")
     return flags.FLAGS, overrides
-
-
-def fail(message: str, status: int = EXIT_USAGE):
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(status)
 
 
 def main() -> None:

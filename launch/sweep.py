@@ -41,7 +41,7 @@ PARENT_TAG = "mlflow.parentRunId"
 PRUNERS = ("median", "halving", "none")
 POLL_S = 1.0
 STOP_WAIT_S = 120.0  # how long a pruned run may take to save its checkpoint and exit
-HISTORY = "history.jsonl"  # launch/run.py's per-step metrics (ankh3.train.HISTORY)
+from ankh3.names import HISTORY, child_run_name  # noqa: E402
 
 
 class SweepError(ValueError):
@@ -121,7 +121,7 @@ def objective_value(client, run_id: str, metric: str) -> float | None:
     source, _, rest = child_metric.partition("/")
     children = client.search_runs([run.info.experiment_id], f"tags.`{PARENT_TAG}` = '{run_id}'")
     for child in children:
-        if child.info.run_name == f"{child_name}/{source}" and rest in child.data.metrics:
+        if child.info.run_name == child_run_name(child_name, source) and rest in child.data.metrics:
             return child.data.metrics[rest]
     return None
 

@@ -177,7 +177,7 @@ def test_each_host_reads_its_own_records_and_its_share_of_the_batch(tmp_path):
     from ankh3.config import ConfigError, build_mixture
     from ankh3.tokenizer import Tokenizer
     from experiments.base import get_config
-    from launch import run as runner
+    from ankh3 import assembly as runner
 
     # Even records are all A, odd ones all C: a host that reads only its shard sees one residue.
     path = tmp_path / "ac.fasta"

@@ -1,0 +1,96 @@
+"""What every command's main shares: absl flag parsing whose errors are one line, and `main_guard`,
+which turns a UserError into `error: ...` on stderr and the documented exit code.
+
+Exit codes (ankh3.errors): 0 done, 1 the work failed (a store unreachable), 2 bad input (nothing was
+started), 3 training diverged; a run stopped by a signal exits 128 + the signal's number.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from ankh3.errors import ERROR_PREFIX, EXIT_USAGE, UserError, one_line
+
+
+def fail(message: str, status: int = EXIT_USAGE):
+    """One line on stderr and a non-zero exit: how every user error ends."""
+    print(f"{ERROR_PREFIX}{message}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+@contextlib.contextmanager
+def main_guard():
+    """Runs a main's body: a UserError (or a config file that cannot be read) ends as one line."""
+    try:
+        yield
+    except UserError as e:
+        fail(one_line(e), e.exit_code)
+    except IOError as e:  # ml_collections' "Configuration is not available" for a bad --config path
+        missing = find_cause(e, FileNotFoundError)
+        if missing is None and "Configuration is not available" not in str(e):
+            raise
+        why = f"no such file {missing.filename}" if missing is not None else str(innermost(e)).splitlines()[-1].strip()
+        fail(f"cannot load the config: {why}; pass --config=experiments/FAMILY.py[:ARG]")
+
+
+def parse_flags(flag_values, argv: list[str]) -> list[str]:
+    """absl parsing, with config errors (bad ARG, unknown --config.KEY) turned into one line."""
+    try:
+        return flag_values(argv)
+    except Exception as e:  # noqa: BLE001 -- config files and overrides raise many kinds
+        fail(config_error_message(e, argv))
+
+
+def config_error_message(error: BaseException, argv: list[str]) -> str:
+    from ankh3.config import ConfigError
+
+    cause = find_cause(error, ConfigError)
+    if cause is not None:
+        return str(cause)
+    unknown = unknown_override(argv)
+    if unknown is not None:
+        return unknown
+    last = innermost(error)
+    text = str(last).strip().splitlines()
+    return f"{type(last).__name__}: {text[-1] if text else ''} (in {' '.join(argv[1:])})"
+
+
+def find_cause(error: BaseException | None, kind):
+    """The innermost exception of `kind` in the chain (config_flags re-raises a config's
+    ValueError as a new one of the same type whose message is the whole traceback)."""
+    found, seen = None, set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            found = error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return found
+
+
+def innermost(error: BaseException) -> BaseException:
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def unknown_override(argv: list[str]) -> str | None:
+    """'unknown config key ...' for the first --config.KEY that the config does not have."""
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None:
+        return None
+    from ml_collections.config_flags.config_flags import ConfigFileFlagParser
+
+    from ankh3.config import unknown_key
+
+    try:
+        config = ConfigFileFlagParser("config").parse(spec)
+    except Exception:  # noqa: BLE001 -- the config itself is broken; reported by the caller
+        return None
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        key = arg.split("=", 1)[0][len("--config."):]
+        why = unknown_key(config, key)
+        if why:
+            return f"unknown config key '{key}' in {arg.split('=', 1)[0]}: {why}"
+    return None

@@ -1,0 +1,358 @@
+"""One experiment as a library call: `run(config, workdir, mode, hooks) -> RunResult`.
+
+    from ankh3 import experiment
+    experiment.resolve(config)                         # defaults, budget, checks: before any work
+    result = experiment.run(config, workdir, "all")    # pretrain, then probe the frozen encoder
+
+`launch/run.py` is flag parsing around this; grid and sweep call it too (a sweep passes an
+`on_eval` hook that prunes). Every user mistake raises an ankh3.errors.UserError whose message is
+one line; a signal stops training at a checkpoint and the result says so (`stopped_by`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from typing import Callable, TextIO
+
+from ankh3 import names
+from ankh3.assembly import Pieces, build_data, build_pieces, check_single_process
+from ankh3.config import ConfigError
+
+
+class RunPruned(Exception):
+    """Raised by an `on_eval` hook to stop a run early (a sweep's pruner); the run ends KILLED."""
+
+
+@dataclasses.dataclass
+class Hooks:
+    """Callbacks into a run: `on_start(tracker)` once its MLflow run is open, `on_eval(step, metrics)`
+    after each evaluation (raise RunPruned to stop), and where progress is printed."""
+
+    on_start: Callable[[object], None] | None = None
+    on_eval: Callable[[int, dict], None] | None = None
+    out: TextIO = sys.stdout
+
+
+@dataclasses.dataclass
+class RunResult:
+    workdir: str
+    run_id: str | None
+    tracking_uri: str
+    metrics: dict                 # final pretraining metrics (empty for --mode=downstream)
+    downstream: list              # ankh3.downstream.evaluate results, one per (task, source)
+    step: int                     # the step trained to (or probed at)
+    stopped_by: str = ""          # '' when finished, else the signal's name (SIGTERM, SIGINT)
+    wall_s: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """What a command should exit with: 0, or 128 + signal number when a signal stopped training."""
+        return 128 + int(getattr(signal, self.stopped_by)) if self.stopped_by else 0
+
+
+# ---- configuration ---------------------------------------------------------------------------------
+def resolve(config) -> None:
+    """Applies defaults that depend on the command line (budget after overrides, data paths) and
+    checks everything that can be checked before any work starts."""
+    from ankh3.config import check_config, record_budget, resolve_path
+
+    if config.tracking.experiment == "":
+        config.tracking.experiment = config.family
+    record_budget(config)
+    check_config(config)
+    for key in ("train", "valid"):
+        config.data[key] = resolve_path(config.data[key], names.REPO_ROOT)
+        check_readable(config.data[key], f"config.data.{key}")
+    if config.init_from:
+        config.init_from = resolve_path(config.init_from, names.REPO_ROOT)
+
+
+def check_readable(path: str, key: str) -> None:
+    """Fails before any work when a data path cannot be read (the full check is the source's own)."""
+    if not os.path.exists(path):
+        raise ConfigError(f"{key}: no such file or directory {path}; point it at a FASTA file (.fasta, .gz, .xz) "
+                          "or a directory of ArrayRecord shards")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{key}: {path} is not readable (permissions); fix its mode or choose another path")
+
+
+def default_workdir(config) -> str:
+    return names.default_workdir(config.tracking.experiment, config.variant, config.seed)
+
+
+def dry_run_report(config) -> str:
+    """The resolved config, parameter count and token budget: what `--dry_run` prints."""
+    from ankh3.config import model_config
+    from ankh3.model import count_params
+
+    cfg = model_config(config.model)
+    return "\n".join([
+        str(config).rstrip(),
+        f"parameters: {count_params(cfg):,} ({config.model.shape}, d_model {cfg.d_model}, "
+        f"{cfg.num_encoder_layers}+{cfg.num_decoder_layers} layers)",
+        f"tokens per step: {config.budget.tokens_per_step:,} "
+        f"(batch {config.data.batch_size} x accumulation {config.optimizer.grad_accum} x "
+        f"({config.data.encoder_length} encoder + {config.data.decoder_length} decoder positions))",
+        f"token budget: {config.budget.total_tokens:,} over {config.train.steps:,} steps",
+    ])
+
+
+# ---- tracking --------------------------------------------------------------------------------------
+def tracking_uri(config) -> str:
+    from ankh3.tracking import default_uri
+
+    return config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(names.REPO_ROOT)
+
+
+def run_description(config, mode: str) -> str:
+    """The run's description in the MLflow UI: what it is and what it compares to."""
+    what = {"pretrain": "pretraining", "downstream": "frozen-encoder probes", "all": "pretraining, then probes"}[mode]
+    return (f"{config.family} / {config.variant} on shape {config.model.shape}, seed {config.seed}: {what}. "
+            f"Compare with the other variants of `{config.family}` (same shape, same seeds): "
+            f"python analysis/aggregate.py --experiment={config.tracking.experiment}")
+
+
+def make_tracker(config, workdir: str, name: str, mode: str):
+    import jax
+
+    from ankh3.tracking import Tracker, git_state, hostname
+
+    commit, dirty = git_state(names.REPO_ROOT)
+    tags = {names.TAG_FAMILY: config.family, names.TAG_VARIANT: config.variant, names.TAG_SEED: config.seed,
+            names.TAG_MODE: mode, "shape": config.model.shape, "git_commit": commit, "git_dirty": dirty,
+            "host": hostname(), "jax_version": jax.__version__, "device_kind": jax.devices()[0].device_kind,
+            "mlflow.source.git.commit": commit, "mlflow.note.content": run_description(config, mode)}
+    return Tracker(tracking_uri(config), config.tracking.experiment, name, workdir, tags=tags)
+
+
+def log_config(tracker, config, workdir: str) -> None:
+    from ankh3.tracking import flatten
+
+    path = os.path.join(workdir, names.CONFIG_FILE)
+    with open(path, "w") as f:
+        f.write(config.to_json_best_effort(indent=1))
+    tracker.log_params(flatten(config.to_dict()))
+    tracker.log_artifact(path)
+
+
+# ---- pretraining -----------------------------------------------------------------------------------
+def pretrain(config, workdir: str, tracker, pieces: Pieces, hooks: Hooks):
+    """Trains (or resumes) to config.train.steps, or until a signal; returns the TrainResult."""
+    import jax
+    from flax import nnx
+
+    from ankh3 import train
+    from ankh3.checkpoint import Checkpointer, PreemptionGuard
+    from ankh3.config import build_mixture
+    from ankh3.optimizer import OptimizerSpec, make_optimizer
+    from ankh3.sharding import shard_model
+
+    mixture = build_mixture(config.objectives, config.mixture_granularity)
+    task_names = mixture.task_names
+    batches, eval_batches = build_data(config, pieces.tokenizer, mixture)
+    shard_model(pieces.model, pieces.mesh)
+    tx, schedule = make_optimizer(OptimizerSpec.from_config(config.optimizer, config.train.steps))
+    graphdef, state = train.init_state(pieces.model, tx, pieces.mesh)
+    checkpointer = Checkpointer(os.path.join(workdir, names.CHECKPOINTS), keep=config.train.keep_checkpoints)
+    if checkpointer.latest_step() is not None:
+        state, data_state = checkpointer.restore(None, state)
+        batches.set_state(data_state)
+        print(f"resumed from {checkpointer.directory} at step "
+              f"{checkpointer.latest_step() // config.optimizer.grad_accum}", file=hooks.out, flush=True)
+    settings = train.LoopSettings(
+        steps=config.train.steps, grad_accum=config.optimizer.grad_accum, log_every=config.train.log_every,
+        eval_every=config.train.eval_every, checkpoint_every=config.train.checkpoint_every,
+        progress_every_s=config.train.progress_every_s, tokens_per_step=config.budget.tokens_per_step,
+        dropout=pieces.model_cfg.dropout_rate > 0)
+    residues = train.residue_ids(pieces.tokenizer)  # a converted checkpoint may place residues at other ids
+    train_step = train.make_train_step(graphdef, tx, len(task_names), settings.dropout, residues)
+    eval_step = train.make_eval_step(graphdef, len(task_names), residues)
+    try:
+        with jax.set_mesh(pieces.mesh), PreemptionGuard() as guard:
+            eval_device = [train.device_batch(b, pieces.mesh) for b in eval_batches]
+            result = train.train_loop(
+                state=state, train_step=train_step, eval_step=eval_step, batches=batches, eval_batches=eval_device,
+                task_names=task_names, settings=settings, mesh=pieces.mesh, checkpointer=checkpointer,
+                data_state=batches.get_state, tracker=tracker, guard=guard, schedule=schedule, workdir=workdir,
+                out=hooks.out, on_eval=hooks.on_eval)
+    finally:
+        checkpointer.close()  # lets pending asynchronous saves finish, whatever happened
+    nnx.update(pieces.model, result.state["params"], result.state["rest"])
+    write_pretrain_artifacts(tracker, workdir, task_names, result, config)
+    return result
+
+
+def write_pretrain_artifacts(tracker, workdir: str, task_names, result, config) -> None:
+    from ankh3.tracking import write_loss_plots
+    from ankh3.train import loss_curves, read_history
+
+    history_path = os.path.join(workdir, names.HISTORY)
+    records = read_history(history_path) if os.path.exists(history_path) else []
+    if not result.metrics:  # nothing left to train (a finished run re-run): report its last values
+        for record in records:
+            result.metrics.update({k: v for k, v in record.items() if k not in ("step", "time")})
+    for path in write_loss_plots(loss_curves(records, task_names), os.path.join(workdir, names.PLOTS)):
+        tracker.log_artifact(path, names.PLOTS)
+    summary = {"step": result.final_step, "wall_s": round(result.wall_s, 1), "stopped_by": result.stopped_by,
+               "total_tokens": config.budget.tokens_per_step * result.final_step, **result.metrics}
+    path = os.path.join(workdir, names.PRETRAIN_SUMMARY)
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=1)
+    tracker.log_artifact(path)
+
+
+# ---- downstream ------------------------------------------------------------------------------------
+def restore_for_downstream(config, workdir: str, pieces: Pieces, out: TextIO) -> int:
+    """Loads the latest checkpoint's parameters into the model (mode=downstream); returns its step."""
+    import jax
+    from flax import nnx
+
+    from ankh3.checkpoint import Checkpointer
+    from ankh3.optimizer import OptimizerSpec, make_optimizer
+    from ankh3.train import init_state
+
+    checkpointer = Checkpointer(os.path.join(workdir, names.CHECKPOINTS), keep=config.train.keep_checkpoints)
+    if checkpointer.latest_step() is None:
+        if config.init_from:
+            return 0  # probing published weights as they are
+        raise ConfigError(f"--mode=downstream: no checkpoint in {workdir}/{names.CHECKPOINTS}; pretrain first "
+                          "(--mode=pretrain) or pass --workdir of a trained run or --config.init_from=DIR")
+    tx, _ = make_optimizer(OptimizerSpec.from_config(config.optimizer, config.train.steps))
+    _, state = init_state(pieces.model, tx)
+    state, _ = checkpointer.restore(None, state)
+    checkpointer.close()
+    nnx.update(pieces.model, state["params"])
+    step = int(jax.device_get(state["step"])) // int(config.optimizer.grad_accum)
+    print(f"probing the encoder of {workdir} at step {step}", file=out, flush=True)
+    return step
+
+
+def downstream(config, workdir: str, tracker, pieces: Pieces, encoder_id: str, out: TextIO) -> list:
+    """Probes the frozen encoder on config.downstream.tasks; one MLflow child run per (task, source)."""
+    from ankh3.downstream import evaluate, tasks
+    from ankh3.downstream.embed import make_model_encode_fn, make_random_encode_fn
+
+    section = config.downstream
+    limit = int(section.max_per_split) or None
+    loaded = [tasks.load_task(name, path=(section.paths.get(name) or None), max_per_split=limit)
+              for name in section.tasks]
+    out_dir = os.path.join(workdir, names.DOWNSTREAM)
+    controls = tuple(section.controls)
+
+    def log_result(result) -> None:
+        tracker.log_child(names.child_run_name(result.name, result.source),
+                          params={"prefix": section.prefix, **result.params}, metrics=result.metrics,
+                          tags={names.TAG_TASK: result.name, names.TAG_SOURCE: result.source},
+                          artifacts=result.artifacts)
+        tracker.flush()
+
+    random_fn = make_random_encode_fn(pieces.model_cfg, seed=config.seed + 10_000) if "random" in controls else None
+    results = evaluate.run_tasks(
+        make_model_encode_fn(pieces.model), pieces.tokenizer, loaded, section.prefix,
+        seeds=tuple(section.seeds), epochs=int(section.epochs),
+        cache_dir=section.cache_dir or os.path.join(out_dir, "embeddings"), controls=controls,
+        random_encode_fn=random_fn, out_dir=out_dir, encoder_id=encoder_id,
+        random_encoder_id=f"random:{config.model.shape}:{config.seed + 10_000}", on_result=log_result,
+        progress=sys.stderr.isatty())
+    print(evaluate.format_results_table(results), file=out, flush=True)
+    return results
+
+
+def write_summary(tracker, workdir: str, metrics: dict, results: list) -> None:
+    """summary.json (pretraining metrics and every probe's metrics) as an artifact; the probes'
+    test means also as metrics of this run, so runs compare side by side in the MLflow UI."""
+    probes = {f"downstream/{r.name}/{r.source}/{key}": value for r in results
+              for key, value in r.metrics.items() if key.startswith("test/") and key.endswith("_mean")}
+    if probes:
+        tracker.log_metrics(0, probes)
+    path = os.path.join(tracker.workdir, names.SUMMARY)
+    with open(path, "w") as f:
+        json.dump({"pretrain": metrics, "downstream": [
+            {"task": r.name, "source": r.source, "metrics": r.metrics} for r in results]}, f, indent=1)
+    tracker.log_artifact(path)
+
+
+def summary_text(result: RunResult) -> str:
+    """The lines printed at the end of a run: final metrics, child runs, workdir, how to open MLflow."""
+    from ankh3.tracking import ui_command
+
+    metrics = result.metrics
+    lines = []
+    keys = [k for k in metrics if k.endswith("/loss") or k.endswith("/accuracy") or k == "perf/tokens_per_s"]
+    if keys:
+        width = max(len(k) for k in keys)
+        lines.append("\nfinal pretraining metrics")
+        lines += [f"  {key:<{width}}  {metrics[key]:.4f}" for key in sorted(keys)]
+    if result.downstream:
+        lines.append(f"downstream: {len(result.downstream)} child runs (table above)")
+    lines.append(f"workdir: {result.workdir}  ({result.wall_s / 60:.1f} min)")
+    lines.append(f"MLflow: {ui_command(result.tracking_uri)}")
+    return "\n".join(lines)
+
+
+# ---- the run ---------------------------------------------------------------------------------------
+def run(config, workdir: str, mode: str = "all", hooks: Hooks | None = None) -> RunResult:
+    """Pretrains (mode 'pretrain'), probes a workdir's checkpoint ('downstream'), or both ('all').
+
+    `config` must have been through `resolve`. Resuming is automatic: the same workdir continues from
+    its last checkpoint and its MLflow run. A signal (SIGTERM, SIGINT) saves a checkpoint and returns
+    with `stopped_by` set; RunPruned from `hooks.on_eval` ends the run KILLED and propagates.
+    """
+    import jax
+
+    hooks = hooks or Hooks()
+    check_single_process(jax.process_count())
+    start = time.monotonic()
+    os.makedirs(workdir, exist_ok=True)
+    pieces = build_pieces(config)
+    if mode == "downstream":
+        tracker = make_tracker(config, os.path.join(workdir, names.DOWNSTREAM),
+                               names.downstream_run_name(config.variant, config.seed), mode)
+    else:
+        tracker = make_tracker(config, workdir, names.run_name(config.variant, config.seed), mode)
+    tracker.start()
+    log_config(tracker, config, tracker.workdir)
+    if hooks.on_start is not None:
+        hooks.on_start(tracker)
+    metrics, results = {}, []
+    try:
+        if mode in ("pretrain", "all"):
+            trained = pretrain(config, workdir, tracker, pieces, hooks)
+            metrics, step = trained.metrics, trained.final_step
+            if trained.stopped_by:
+                tracker.end("KILLED")
+                print(f"stopped by {trained.stopped_by} at step {step}; checkpoint saved in {workdir}. "
+                      "Re-run the same command to resume.", file=hooks.out, flush=True)
+                return RunResult(workdir, tracker.run_id, tracker.uri, metrics, [], step, trained.stopped_by,
+                                 time.monotonic() - start)
+        else:
+            step = restore_for_downstream(config, workdir, pieces, hooks.out)
+        if mode in ("downstream", "all"):
+            encoder_id = f"{config.init_from or workdir}@step{step}"
+            results = downstream(config, workdir, tracker, pieces, encoder_id, hooks.out)
+    except BaseException as e:
+        tracker.end("KILLED" if isinstance(e, (KeyboardInterrupt, RunPruned)) else "FAILED")
+        raise
+    write_summary(tracker, workdir, metrics, results)
+    if not tracker.end("FINISHED"):
+        print(f"MLflow store unreachable: metrics kept in {tracker.workdir}/{names.JOURNAL}; send them later with "
+              f"python launch/run.py --sync_workdir={tracker.workdir}", file=hooks.out, flush=True)
+    result = RunResult(workdir, tracker.run_id, tracker.uri, metrics, results, step, "", time.monotonic() - start)
+    print(summary_text(result), file=hooks.out, flush=True)
+    return result
+
+
+def sync(workdir: str) -> None:
+    """Sends a workdir's journaled (offline) tracking events to its store."""
+    from ankh3.tracking import TrackingError, sync_workdir
+
+    left = sync_workdir(os.path.abspath(workdir), os.environ.get("MLFLOW_TRACKING_URI"))
+    if left:
+        error = TrackingError(f"{left} journaled events of {workdir} could not be sent; is the store reachable? "
+                              "Try again later")
+        error.exit_code = 1
+        raise error
