@@ -115,7 +115,7 @@ def test_bad_variant_is_one_line_and_exit_2(tmp_path):
 
 
 def test_shape_flag_runs_every_listed_variant_at_that_shape_in_its_own_experiment(tmp_path):
-    from launch import grid
+    from ankh3 import grid
 
     jobs = grid.plan("experiments/ablate_prefix.py", 2, None, [], flag_uri=f"sqlite:///{tmp_path}/m.db",
                      workdir_root=str(tmp_path), shape="small")
@@ -130,7 +130,7 @@ def test_shape_flag_runs_every_listed_variant_at_that_shape_in_its_own_experimen
 
 
 def test_open_ended_family_runs_its_examples_or_the_named_args(tmp_path):
-    from launch import grid
+    from ankh3 import grid
     from experiments import ablate_masking
 
     kwargs = dict(flag_uri=f"sqlite:///{tmp_path}/m.db", workdir_root=str(tmp_path))
