@@ -1,17 +1,7 @@
-"""Run every variant of an experiments family x N seeds; skip finished runs, resume unfinished ones.
-(The library behind launch/grid.py; its config helpers serve ankh3/sweep.py too.)
-
-    python launch/grid.py --config=experiments/ablate_tasks.py --seeds=3                # 3 variants x 3 seeds
-    python launch/grid.py --config=experiments/paper.py --shape=small --seeds=3 --jobs=2  # the paper's matrix
-    python launch/grid.py --config=experiments/ablate_completion.py --variants=0.25,0.75 --config.train.steps=100
-
-Each (variant, seed) is one `launch/run.py` process and one MLflow run tagged family, variant, seed and
-config_hash (a hash of the resolved config without seed and tracking). Re-running the same command
-skips the runs that are FINISHED in MLflow with those four tags and resumes the others from the
-checkpoints in their workdir (runs/EXPERIMENT/VARIANT-sSEED-HASH). --config.KEY=VALUE overrides go to
-every run. A family file lists its variants in VARIANTS (docs/interfaces.md, "Experiment families");
---shape=SHAPE runs each as VARIANT@SHAPE (default tiny). Bad input ends with one line on stderr and
-exit status 2; failed runs give exit status 1.
+"""Every variant of an experiments family x N seeds, one launch/run.py process each (the library
+behind launch/grid.py, whose docstring describes the command): plan the jobs, skip those FINISHED in
+MLflow with the same family, variant, seed and config hash, run the rest and report `[N/M]` with an
+ETA. Its config helpers (split_spec, load_module, load_config) serve ankh3/sweep.py too.
 """
 from __future__ import annotations
 

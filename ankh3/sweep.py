@@ -44,6 +44,11 @@ class TrialFailed(RuntimeError):
     """A trial that could not produce its objective; the message is the reason kept in the study."""
 
 
+class WorkerStopped(TrialFailed):
+    """A signal (SIGTERM from a scheduler, Ctrl-C) stopped training: the trial is queued again and the
+    worker ends."""
+
+
 # ---- the sweep file ---------------------------------------------------------------------------------
 @dataclasses.dataclass
 class SweepSpec:
@@ -340,7 +345,8 @@ def run_trial(trial, ctx: SweepContext, box: dict) -> float:
         except experiment.RunPruned as e:
             raise optuna.TrialPruned(str(e)) from None
     if result.stopped_by:
-        raise TrialFailed(f"stopped by {result.stopped_by}")
+        trial.study.enqueue_trial(trial.params)
+        raise WorkerStopped(f"stopped by {result.stopped_by}; its parameters are queued again")
     value = objective_value(result, ctx.spec.metric)
     if value is None or not math.isfinite(value):
         raise TrialFailed(f"the run finished without a finite {ctx.spec.metric!r} (got {value}); "
@@ -393,6 +399,7 @@ def make_objective(ctx: SweepContext, state: dict):
         except KeyboardInterrupt:
             raise
         except Exception as e:  # noqa: BLE001 -- any failure ends this trial, never the study
+            state["stop"] = isinstance(e, WorkerStopped)
             reason = one_line(e)
             trial.set_user_attr("fail_reason", reason)
             mark_run(ctx.uri, box.get("run_id"), "FAILED", "FAIL", reason)
@@ -427,6 +434,8 @@ def work(study, ctx: SweepContext, timeout: float | None = None, heartbeat_s: fl
                 continue  # nothing ran; wait below for the other workers' trials
             if ran:
                 print(progress_line(study, ran[-1], start, done_at_start), file=out, flush=True)
+            if state.get("stop"):
+                break
             continue
         if not count(study, TrialState.RUNNING):
             break
