@@ -57,6 +57,7 @@ def test_matrix_runs_every_variant_and_seed_as_tagged_mlflow_runs(matrix):
     assert all(len(h) == 1 for h in hashes.values())  # the seed is not part of the hash
     assert hashes["both"] != hashes["mlm_only"]
     assert "4 finished, 0 skipped" in result.stdout
+    assert "[1/4] done" in result.stdout and "ETA" in result.stdout and "[4/4] done" in result.stdout  # progress
 
 
 def test_rerun_starts_nothing_new(matrix):
@@ -150,3 +151,10 @@ def test_shape_mistakes_are_one_line_and_exit_2(tmp_path, args, message):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("script", ["launch/grid.py", "launch/sweep.py"])
+def test_help_prints_the_usage_and_the_flags(script):
+    result = run_cli(script, "--help")
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.startswith(("Run every variant", "Optuna sweep")) and "--config:" in result.stdout
