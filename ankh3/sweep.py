@@ -83,7 +83,7 @@ def load_spec(spec: str, objective: str | None = None, direction: str | None = N
     grid = getattr(module, "GRID", None)
     if grid is not None and not (isinstance(grid, dict) and grid and all(list(v) for v in grid.values())):
         raise SweepError(f"{where}: GRID must be {{param: [values, ...]}} with at least one value per param")
-    return SweepSpec(path, arg, module, metric, direction, getattr(module, "PRUNE_ON", "eval/loss"), pruner,
+    return SweepSpec(path, arg, module, metric, direction, getattr(module, "PRUNE_ON", "eval/s2s/loss"), pruner,
                      grid, dict(getattr(module, "LABELS", {})))
 
 

@@ -29,7 +29,7 @@ SWEEP_FILE = '''
 """Benchmark grid: tiny trials of the masking recipe that differ in their mean span length."""
 from experiments import sweep_masking
 
-OBJECTIVE = ("eval/loss", "minimize")
+OBJECTIVE = ("eval/s2s/loss", "minimize")
 PRUNER = "none"
 GRID = {{"mu": [1.0 + 0.25 * i for i in range({n})]}}
 get_config = sweep_masking.get_config

@@ -18,8 +18,8 @@ SWEEP_FILE = '''
 """Test sweep over experiments/sweep_masking.py with two failures on purpose."""
 from experiments import sweep_masking
 
-OBJECTIVE = ("eval/loss", "minimize")
-PRUNE_ON = "eval/loss"
+OBJECTIVE = ("eval/s2s/loss", "minimize")
+PRUNE_ON = "eval/s2s/loss"
 PRUNER = "none"
 LABELS = sweep_masking.LABELS
 get_config = sweep_masking.get_config
@@ -146,7 +146,7 @@ def test_pruning_is_reported_from_the_training_loop_and_stops_at_that_evaluation
     from ankh3.grid import load_config
 
     path = os.path.join(ROOT, "experiments", "sweep_masking.py")
-    spec = sweep.SweepSpec(path, None, sweep_masking, "eval/loss", "minimize", "eval/loss", "median",
+    spec = sweep.SweepSpec(path, None, sweep_masking, "eval/s2s/loss", "minimize", "eval/s2s/loss", "median",
                            labels=sweep_masking.LABELS)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     config = load_config(path, None, [*TINY, "--config.train.steps=40", f"--config.tracking.uri={uri}"])
@@ -198,7 +198,7 @@ GRID_FILE = '''
 """A 6-point grid over the tiny masking recipe: the span length and the masking probability."""
 from experiments import sweep_masking
 
-OBJECTIVE = ("eval/loss", "minimize")
+OBJECTIVE = ("eval/s2s/loss", "minimize")
 PRUNER = "none"
 GRID = {"mu": [1.0, 2.0, 3.0], "p": [0.15, 0.3]}
 get_config = sweep_masking.get_config
