@@ -79,8 +79,8 @@ def test_analysis_goes_through_the_server(tracking_server_uri, unique_name, tmp_
     make_runs(tracking_server_uri, family=unique_name)
     client = aggregate.connect(tracking_server_uri)
     report = aggregate.analyse_family(client, unique_name, out_dir=str(tmp_path / "out"), baseline="base",
-                                      patterns=("eval/loss",))
-    assert f"| eval/loss | alt | 4 |" in report.markdown
+                                      patterns=("eval/mix_nlu_s2s/loss",))
+    assert "| eval/mix_nlu_s2s/loss | alt | 4 |" in report.markdown
     logged = {os.path.basename(a.path) for a in client.list_artifacts(report.summary_run_id, "summary")}
     assert {"summary.html", "summary.csv"} <= logged and any(name.endswith(".png") for name in logged)
 
