@@ -24,6 +24,8 @@ MAX_PARAMS_PER_CALL = 100  # MLflow's limit for params (and tags) per log_batch
 MAX_METRICS_PER_CALL = 1000
 MAX_PARAM_LENGTH = 6000
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
+# what MLflow can track to: a server, a database (SQLAlchemy dialect, optionally +driver), a folder
+URI_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,15 @@ def artifact_location(uri: str, experiment: str) -> str | None:
     return "file://" + folder
 
 
+def check_uri(uri: str) -> str:
+    """The tracking URI, or a TrackingError when MLflow could not use it (MLflow itself would drop every event)."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if "://" in uri and scheme not in URI_SCHEMES:
+        raise TrackingError(f"tracking URI {uri}: unknown scheme {scheme!r}; give http://HOST:PORT (a tracking "
+                            "server, e.g. from launch/services.sh up), sqlite:///PATH or postgresql://...")
+    return uri
+
+
 def default_uri(root: str) -> str:
     return "sqlite:///" + os.path.join(os.path.abspath(root), "mlflow.db")
 
@@ -112,6 +123,8 @@ class Tracker:
     def __init__(self, uri: str | None, experiment: str, run_name: str, workdir: str, *,
                  tags: Mapping[str, str] | None = None, flush_every_s: float = 10.0,
                  retry_every_s: float = 30.0):
+        if uri is not None:
+            check_uri(uri)  # before anything is written
         self.uri, self.experiment, self.run_name, self.workdir = uri, experiment, run_name, workdir
         self.tags = {k: str(v) for k, v in (tags or {}).items()}
         self.flush_every_s, self.retry_every_s = flush_every_s, retry_every_s

@@ -6,7 +6,7 @@ span length, the completion fraction and the X-denoiser share.
     python launch/sweep.py --config=experiments/sweep_masking.py --study=masking --objective=eval/s2s/loss --direction=minimize
     python launch/run.py --config=experiments/sweep_masking.py      # the recipe every trial starts from
 
-ARG is the model shape (tiny default). A trial is `launch/run.py` on this config with the sampled
+ARG is the model shape (tiny default). A trial is a run of this config with the sampled
 overrides; its score is OBJECTIVE (a metric of the run, or TASK/SOURCE/SPLIT/METRIC of a downstream
 probe) and PRUNE_ON is the held-out loss reported to the pruner at every evaluation. Held-out losses
 are scored on batches masked by the trial's own recipe, so they rank trials only roughly (a recipe
@@ -19,6 +19,9 @@ PRUNE_ON = "eval/s2s/loss"  # completion is in every trial; the pooled mixture n
 PRUNER = "median"  # or 'halving' (successive halving) or 'none'
 # The masking probabilities a trial may draw per batch; each member of a set gets a weight 1..3.
 PROBABILITY_SETS = ("0.15", "0.15,0.3", "0.15,0.2,0.3", "0.1,0.2,0.3,0.4", "0.2,0.4")
+# Short parameter names for trial names, e.g. `nlu=0.15,0.3 w0.15=2 w0.3=1 x=0.12 s2s=0.5 mu=3`
+LABELS = {"nlu.probabilities": "nlu", "nlg.share": "x", "s2s.fraction": "s2s", "nlu.mean_span_length": "mu",
+          **{f"nlu.weight_{p}": f"w{p}" for s in PROBABILITY_SETS for p in s.split(",")}}
 
 
 def get_config(arg=None):

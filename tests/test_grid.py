@@ -58,6 +58,7 @@ def test_matrix_runs_every_variant_and_seed_as_tagged_mlflow_runs(matrix):
     assert all(len(h) == 1 for h in hashes.values())  # the seed is not part of the hash
     assert hashes["both"] != hashes["mlm_only"]
     assert "4 finished, 0 skipped" in result.stdout
+    assert "[1/4] done" in result.stdout and "ETA" in result.stdout and "[4/4] done" in result.stdout  # progress
 
 
 def test_rerun_starts_nothing_new(matrix):
@@ -116,7 +117,7 @@ def test_bad_variant_is_one_line_and_exit_2(tmp_path):
 
 
 def test_shape_flag_runs_every_listed_variant_at_that_shape_in_its_own_experiment(tmp_path):
-    from launch import grid
+    from ankh3 import grid
 
     jobs = grid.plan("experiments/ablate_prefix.py", 2, None, [], flag_uri=f"sqlite:///{tmp_path}/m.db",
                      workdir_root=str(tmp_path), shape="small")
@@ -131,7 +132,7 @@ def test_shape_flag_runs_every_listed_variant_at_that_shape_in_its_own_experimen
 
 
 def test_open_ended_family_runs_its_examples_or_the_named_args(tmp_path):
-    from launch import grid
+    from ankh3 import grid
     from experiments import ablate_masking
 
     kwargs = dict(flag_uri=f"sqlite:///{tmp_path}/m.db", workdir_root=str(tmp_path))
@@ -151,3 +152,10 @@ def test_shape_mistakes_are_one_line_and_exit_2(tmp_path, args, message):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("script", ["launch/grid.py", "launch/sweep.py"])
+def test_help_prints_the_usage_and_the_flags(script):
+    result = run_cli(script, "--help")
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.startswith(("Run every variant", "Optuna sweep")) and "--config:" in result.stdout
