@@ -131,8 +131,15 @@ def init_sharded(make: Callable[[], Any], mesh, rules=RULES):
 
 
 def shard_batch(batch, mesh, rules=RULES):
-    """Put a batch (dict of arrays, batch first) on the mesh, split over the batch axis."""
+    """Put a batch (dict of arrays, batch first) on the mesh, split over the batch axis.
+
+    With several JAX processes, `batch` is this process's share (its consecutive rows of the global
+    batch) and the result is the global array assembled from every process's share.
+    """
     def put(x):
+        if jax.process_count() > 1:
+            spec = logical_to_spec(("batch",) + (None,) * (x.ndim - 1), rules)
+            return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), x)
         spec = _fit_spec(logical_to_spec(("batch",) + (None,) * (x.ndim - 1), rules), x.shape, mesh)
         return jax.device_put(x, NamedSharding(mesh, spec))
     return jax.tree.map(put, batch)

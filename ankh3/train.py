@@ -164,7 +164,9 @@ def make_eval_step(graphdef, num_tasks: int, residues: Sequence[int] | None = No
 
 
 def device_batch(batch: dict, mesh) -> dict:
-    """The model's columns of a numpy batch, placed on the mesh (split over the batch axis)."""
+    """The model's columns of this process's numpy batch, as the global batch on the mesh (split over
+    the batch axis). With several processes, each passes its own share (its rows of the global batch,
+    in process order) and the result is one array over all hosts."""
     arrays = {k: np.asarray(batch[k]) for k in BATCH_KEYS}
     return shard_batch(arrays, mesh) if mesh is not None else jax.device_put(arrays)
 
