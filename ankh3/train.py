@@ -22,7 +22,7 @@ from flax import nnx
 
 from ankh3.errors import EXIT_NONFINITE, UserError
 from ankh3.names import HISTORY
-from ankh3.sharding import shard_batch
+from ankh3.sharding import place as place_on, shard_batch
 from ankh3.tokenizer import RESIDUES, Tokenizer
 
 BATCH_KEYS = ("encoder_tokens", "decoder_inputs", "decoder_targets", "decoder_weights", "task")
@@ -116,7 +116,7 @@ def replicate_loose(tree, mesh):
 
     def place(x):
         if isinstance(x, jax.Array) and not (isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh):
-            return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
+            return place_on(x, NamedSharding(mesh, PartitionSpec()))  # also across processes
         return x
 
     return jax.tree.map(place, tree)
