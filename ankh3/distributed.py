@@ -11,6 +11,7 @@ host) makes every other process exit with one `error:` line instead of a hang or
 """
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import sys
@@ -100,10 +101,14 @@ def multi_process() -> bool:
 
 
 # ---- a lost peer -----------------------------------------------------------------------------------
+_real_stderr = 2  # the terminal's stderr, once _exit_on_runtime_fatal has put a filter in front of fd 2
+
+
 def peer_lost(why: str) -> None:
     """Ends this process at once with one line. Not sys.exit: JAX's shutdown would wait at a barrier for
     the dead peer and then abort with a runtime dump."""
-    print(f"{ERROR_PREFIX}{PEER_LOST.format(why=why)}", file=sys.__stderr__, flush=True)
+    sys.stdout.flush()
+    os.write(_real_stderr, f"{ERROR_PREFIX}{PEER_LOST.format(why=why)}\n".encode())
     os._exit(EXIT_FAILED)
 
 
@@ -118,7 +123,8 @@ def _exit_on_runtime_fatal() -> None:
     """Routes the native stderr through a thread that, on the runtime's 'terminating process' fatal
     line (the coordination service saw a task die), prints one line and exits before the abort's
     stack dump. Every other line passes through unchanged."""
-    real = os.dup(2)
+    global _real_stderr
+    real = _real_stderr = os.dup(2)
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
     os.close(write_end)
@@ -132,14 +138,33 @@ def _exit_on_runtime_fatal() -> None:
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
                     if fatal.match(line):
-                        os.write(real, f"{ERROR_PREFIX}{PEER_LOST.format(why='the JAX distributed service reports a task died')}\n".encode())
-                        os._exit(EXIT_FAILED)
+                        peer_lost("the JAX distributed service reports a task died")
                     os.write(real, line + b"\n")
             os.write(real, pending)
 
     sys.stderr.flush()
     sys.stderr = os.fdopen(os.dup(2), "w", buffering=1)  # Python's own stderr through the same pipe, in order
-    threading.Thread(target=pump, name="ankh3-stderr", daemon=True).start()
+    thread = threading.Thread(target=pump, name="ankh3-stderr", daemon=True)
+    thread.start()
+
+    def drain() -> None:
+        """At exit (after any traceback is printed): close the pipe's writers and let the thread pass it all on."""
+        sys.stderr.flush()
+        os.dup2(real, 2)
+        sys.stderr.close()
+        sys.stderr = os.fdopen(os.dup(real), "w", buffering=1)
+        thread.join(timeout=5)
+
+    atexit.register(drain)
+
+
+def barrier(name: str, timeout_s: int = 3600) -> None:
+    """Every process waits here for the others (through the coordination service: no collective, so
+    no communicator times out while one host is still busy, e.g. opening the MLflow store)."""
+    from jax._src import distributed as jax_distributed
+
+    if multi_process():
+        jax_distributed.global_state.client.wait_at_barrier(f"ankh3/{name}", timeout_s * 1000)
 
 
 # ---- agreeing to stop ------------------------------------------------------------------------------

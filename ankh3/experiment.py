@@ -320,14 +320,6 @@ def gather_to_local(model) -> None:
     nnx.update(model, jax.tree.map(whole, nnx.state(model)))
 
 
-def wait_for_main(tag: str) -> None:
-    """Every process waits here until process 0 arrives (process 0 probes while the others wait);
-    through the coordination service, so heartbeats go on and no collective times out."""
-    from jax._src import distributed as jax_distributed
-
-    jax_distributed.global_state.client.wait_at_barrier(f"ankh3/{tag}", 7 * 24 * 3600 * 1000)
-
-
 def write_summary(tracker, workdir: str, metrics: dict, results: list) -> None:
     """summary.json (pretraining metrics and every probe's metrics) as an artifact; the probes'
     test means also as metrics of this run, so runs compare side by side in the MLflow UI."""
@@ -381,7 +373,7 @@ def run(config, workdir: str, mode: str = "all", hooks: Hooks | None = None) -> 
         if distributed.is_peer_failure(e):
             distributed.peer_lost(str(e).strip().splitlines()[0])
         raise
-    wait_for_main("run-finished")  # the others wait for process 0's probes, so the runtime shuts down together
+    distributed.barrier("run-finished", 7 * 24 * 3600)  # the others wait for process 0's probes
     return result
 
 
@@ -400,6 +392,7 @@ def _run(config, workdir: str, mode: str, hooks: Hooks) -> RunResult:
     log_config(tracker, config, tracker.workdir)
     if hooks.on_start is not None:
         hooks.on_start(tracker)
+    distributed.barrier("tracking-started")  # process 0 opened the store; all reach the first collective together
     metrics, results = {}, []
     try:
         if mode in ("pretrain", "all"):
