@@ -89,7 +89,7 @@ def start_processes(args: list[str], workdir: str, tracking_uri: str, count: int
     return procs
 
 
-def finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[int, str, str]]:
+def finish(procs: list[subprocess.Popen], timeout: float = 900) -> list[tuple[int, str, str]]:
     """(exit code, stdout, stderr) of each process; kills them all when one outlives `timeout`."""
     results, deadline = [], time.monotonic() + timeout
     for proc in procs:
@@ -121,7 +121,7 @@ def last_step(workdir: str) -> int:
     return max(steps, default=0)
 
 
-def wait_for_step(workdir: str, step: int, procs: list[subprocess.Popen], timeout: float = 240) -> None:
+def wait_for_step(workdir: str, step: int, procs: list[subprocess.Popen], timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while last_step(workdir) < step:
         if time.monotonic() > deadline or any(p.poll() is not None for p in procs):

@@ -119,3 +119,24 @@ def test_tpu_pod_print_only():
     assert "--config.data.train=/gcs/b/ankh3/data/train" in run[0] and "MLFLOW_TRACKING_URI" in run[0]
     bad = subprocess.run(["bash", script, "--print_only"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_memory_plan_counts_shards_and_checks_fit():
+    """The plan of the tiny shape on 4 virtual devices: parameters split by the mesh, FSDP splits more."""
+    from experiments.base import get_config
+    from ankh3.config import model_config
+    from ankh3.memory_plan import GIB, compile_plan
+    from ankh3.model import count_params
+
+    config = get_config()
+    whole = count_params(model_config(config.model)) * 4  # float32 parameters on one device
+    config.mesh.model = 2
+    tensor = compile_plan(config, 4)
+    config.mesh.model, config.mesh.fsdp, config.mesh.device_memory_gb = 1, True, 1e-6
+    fsdp = compile_plan(config, 4)
+    assert (tensor.data, tensor.model, fsdp.data, fsdp.model) == (2, 2, 4, 1)
+    assert fsdp.params < tensor.params < whole
+    assert tensor.temporaries > 0 and tensor.total >= tensor.params + tensor.temporaries
+    first, *rest = fsdp.report().splitlines()
+    assert "per device" in first and f"{fsdp.total / GIB:.2f} GiB" in first
+    assert "H200 141 GiB yes" in rest[1] and "does NOT fit config.mesh.device_memory_gb=1e-06 GiB" in rest[2]
