@@ -30,7 +30,7 @@ def build_model(config):
 
     cfg = model_config(config.model, jax.default_backend())
     if config.init_from:
-        from ankh3.convert import load_pretrained_dir
+        from ankh3.hf_checkpoint import load_pretrained_dir
 
         # The checkpoint fixes the architecture; the run still picks how it computes.
         runtime = {k: getattr(cfg, k) for k in ("dtype", "remat", "attention", "dropout_rate", "scan_unroll")}
@@ -137,7 +137,8 @@ def build_data(config, tokenizer, mixture, process_index: int | None = None, pro
     per_process = shards // process_count
     mine = range(process_index * per_process, (process_index + 1) * per_process)
     common = dict(batch_size=host_batch_size(data.batch_size, shards), encoder_length=data.encoder_length,
-                  decoder_length=data.decoder_length, min_residues=data.min_residues, on_invalid=data.on_invalid,
+                  decoder_length=data.decoder_length, max_residues=data.max_residues, crop=data.crop,
+                  min_residues=data.min_residues, on_invalid=data.on_invalid,
                   process_count=shards)
 
     def read(path: str, seed: int, **options):

@@ -52,14 +52,17 @@ def model_section(shape: str) -> dict[str, Any]:
 def model_config(section: Mapping[str, Any], backend: str = "cpu"):
     """The ModelConfig of the config's model section (shape defaults with every field as set).
 
-    dtype 'auto' computes in bfloat16 on accelerators and float32 on CPUs (where bf16 is slow).
+    dtype 'auto' computes in bfloat16 on accelerators and float32 on CPUs (where bf16 is slow);
+    attention 'auto' becomes the backend's implementation (`ankh3.model.attention_for_backend`).
     """
-    from ankh3.model import ModelConfigError, get_shape
+    from ankh3.model import ModelConfigError, attention_for_backend, get_shape
 
     fields = dict(section)
     shape = fields.pop("shape")
     if fields.get("dtype") == "auto":
         fields["dtype"] = "float32" if backend == "cpu" else "bfloat16"
+    if fields.get("attention") == "auto":
+        fields["attention"] = attention_for_backend(backend, fields.get("dtype", "float32"))
     try:
         return get_shape(shape, **fields)
     except (ModelConfigError, TypeError) as e:
@@ -75,7 +78,7 @@ def build_objective(name: str, entry: Mapping[str, Any]):
         if kind == "span_corruption":
             return SpanCorruption(
                 noise_density=_number_or_tuple(entry["noise_density"]),
-                mean_span_length=float(entry["mean_span_length"]),
+                mean_span_length=_number_or_tuple(entry["mean_span_length"]),
                 task_token=entry["task_token"],
                 density_granularity=entry.get("density_granularity", "batch"),
                 name=name)
@@ -115,9 +118,31 @@ def tokens_per_step(config) -> int:
 
 
 def record_budget(config) -> None:
-    """Writes the token budget into `config.budget` (after overrides, so it matches the run)."""
+    """Writes the token budget and each objective's layout of a cut sequence into `config.budget`
+    (after overrides, so it matches the run)."""
     config.budget.tokens_per_step = tokens_per_step(config)
     config.budget.total_tokens = tokens_per_step(config) * int(config.train.steps)
+    config.budget.layout = objective_layout(config)
+
+
+def objective_layout(config) -> str:
+    """What each objective makes of a sequence cut to data.max_residues, e.g. 's2s: 256+256 residues
+    -> 258/257 tokens' for completion; for denoisers the tokens the worst setting needs."""
+    from ankh3.objectives import Completion, completion_lengths
+    from ankh3.tokenizer import Tokenizer
+
+    cut = int(config.data.max_residues)
+    sentinels = Tokenizer.default(int(config.model.vocab_size)).num_sentinels
+    parts = [f"cut to {cut} residues ({config.data.crop})"]
+    for objective in build_mixture(config.objectives, config.mixture_granularity).objectives:
+        need_in, need_out = objective.needed_lengths(cut, sentinels)
+        lo, hi = objective.fraction_bounds if isinstance(objective, Completion) else (0.0, 1.0)
+        if lo == hi:
+            ins, outs = completion_lengths(cut, lo)
+            parts.append(f"{objective.task_name}: {int(ins) - 2}+{int(outs) - 1} residues -> {need_in}/{need_out} tokens")
+        else:
+            parts.append(f"{objective.task_name}: up to {need_in}/{need_out} tokens")
+    return "; ".join(parts)
 
 
 def resolve_path(path: str, root: str) -> str:
@@ -138,5 +163,89 @@ def check_config(config) -> None:
         if int(value) < 1:
             raise ConfigError(f"config.{key} must be >= 1, got {value}")
     check_choice(config.model.dtype, ("auto", "float32", "bfloat16", "float16"), "config.model.dtype")
-    if config.downstream.prefix not in ("[NLU]", "[S2S]"):
-        raise ConfigError(f"config.downstream.prefix must be '[NLU]' or '[S2S]', got {config.downstream.prefix!r}")
+    check_data(config)
+    from ankh3.tokenizer import TASK_TOKENS
+
+    check_choice(config.downstream.prefix, TASK_TOKENS, "config.downstream.prefix")
+    downstream_tasks(config.downstream)  # declared, files exist, formats fit their kinds
+
+
+def check_data(config) -> None:
+    """data.crop is known and every objective fits a sequence cut to data.max_residues into the lengths."""
+    from ankh3.data.pipeline import CROPS, PipelineError, check_fits
+    from ankh3.tokenizer import Tokenizer
+
+    data = config.data
+    check_choice(data.crop, CROPS, "config.data.crop")
+    if not int(data.min_residues) <= int(data.max_residues):
+        raise ConfigError(f"config.data.max_residues={data.max_residues} must be >= config.data.min_residues="
+                          f"{data.min_residues}")
+    mixture = build_mixture(config.objectives, config.mixture_granularity)
+    try:
+        check_fits(mixture, int(data.max_residues), int(data.encoder_length), int(data.decoder_length),
+                   Tokenizer.default(int(config.model.vocab_size)).num_sentinels, where="config.data.")
+    except PipelineError as e:
+        raise ConfigError(str(e)) from None
+
+
+# ---- downstream tasks ------------------------------------------------------------------------------
+# config.downstream.declared.TASK holds a task's kind and reader options; its data is
+# config.downstream.paths.TASK ('' = the bundled file) in config.downstream.formats.TASK ('' = sniffed).
+# config.downstream.tasks picks which declared tasks run. `declare_task` writes all three.
+def bundled_declarations() -> dict[str, dict[str, Any]]:
+    """The `declared` entries of the bundled tasks (data/downstream/)."""
+    from ankh3.downstream.tasks import BUNDLED_TASKS
+
+    return {name: declaration_entry(d.kind, d.states, d.target, d.cb513_mask) for name, d in BUNDLED_TASKS.items()}
+
+
+def declaration_entry(kind: str, states: int = 3, target: str = "log_fluorescence", cb513_mask: bool = False) -> dict:
+    return dict(kind=kind, states=int(states), target=target, cb513_mask=bool(cb513_mask))
+
+
+def declare_task(config, name: str, kind: str, path: str = "", format: str = "", *, states: int = 3,
+                 target: str = "log_fluorescence", cb513_mask: bool = False, run: bool = True) -> None:
+    """Declares task `name` in `config.downstream` (and, with `run`, appends it to the tasks that run).
+
+        declare_task(c, "fluorescence", "regression", "data/fluorescence/", "tape")   # *_train.json ...
+    """
+    import ml_collections
+
+    section = config.downstream
+    section.declared[name] = ml_collections.ConfigDict(declaration_entry(kind, states, target, cb513_mask))
+    section.paths[name] = path
+    section.formats[name] = format
+    if run and name not in section.tasks:
+        section.tasks = (*section.tasks, name)
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def downstream_tasks(section, root: str = REPO_ROOT) -> list:
+    """The `TaskDecl` of each task in `section.tasks` (paths resolved against `root`); one line when a
+    task is not declared or its files do not fit its kind."""
+    from ankh3.downstream.tasks import BUNDLED_TASKS, TaskDataError, declare
+
+    decls = []
+    for name in section.tasks:
+        entry = section.declared.get(name) if "declared" in section else None
+        if entry is None and name not in BUNDLED_TASKS:
+            raise ConfigError(f"config.downstream.tasks: {name!r} is not declared; declare it in the experiment "
+                              f"file (ankh3.config.declare_task) or pick from {', '.join(section.declared.keys())}")
+        entry = entry or bundled_declarations()[name]
+        paths, formats = section.get("paths", {}), section.get("formats", {})
+        path = paths.get(name, "") or ""
+        if path and not is_split_mapping(path):
+            path = resolve_path(path, root)
+        try:
+            decls.append(declare(name, path or None, formats.get(name, "") or None, entry["kind"],
+                                 states=int(entry.get("states", 3)), target=entry.get("target", "log_fluorescence"),
+                                 cb513_mask=bool(entry.get("cb513_mask", False))))
+        except TaskDataError as e:
+            raise ConfigError(f"config.downstream (task {name!r}): {str(e).removeprefix(f'task {name!r}: ')}") from None
+    return decls
+
+
+def is_split_mapping(path) -> bool:
+    return hasattr(path, "items")

@@ -181,6 +181,8 @@ def pretrain(config, workdir: str, tracker, pieces: Pieces, hooks: Hooks):
     from ankh3 import distributed, train
     from ankh3.checkpoint import Checkpointer, PreemptionGuard
     from ankh3.config import build_mixture
+    from ankh3.data.frequencies import unigram_entropy
+    from ankh3.data.sources import open_source
     from ankh3.optimizer import OptimizerSpec, make_optimizer
 
     mixture = build_mixture(config.objectives, config.mixture_granularity)
@@ -198,7 +200,9 @@ def pretrain(config, workdir: str, tracker, pieces: Pieces, hooks: Hooks):
         steps=config.train.steps, grad_accum=config.optimizer.grad_accum, log_every=config.train.log_every,
         eval_every=config.train.eval_every, checkpoint_every=config.train.checkpoint_every,
         progress_every_s=config.train.progress_every_s, tokens_per_step=config.budget.tokens_per_step,
-        dropout=pieces.model_cfg.dropout_rate > 0)
+        dropout=pieces.model_cfg.dropout_rate > 0,
+        unigram_floor=unigram_entropy(open_source(config.data.train), pieces.tokenizer,
+                                      on_invalid=config.data.on_invalid))
     residues = train.residue_ids(pieces.tokenizer)  # a converted checkpoint may place residues at other ids
     train_step = train.make_train_step(graphdef, tx, len(task_names), settings.dropout, residues)
     eval_step = train.make_eval_step(graphdef, len(task_names), residues)
@@ -274,13 +278,13 @@ def restore_for_downstream(config, workdir: str, pieces: Pieces, out: TextIO) ->
 
 def downstream(config, workdir: str, tracker, pieces: Pieces, encoder_id: str, out: TextIO) -> list:
     """Probes the frozen encoder on config.downstream.tasks; one MLflow child run per (task, source)."""
+    from ankh3.config import downstream_tasks
     from ankh3.downstream import evaluate, tasks
     from ankh3.downstream.embed import make_model_encode_fn, make_random_encode_fn
 
     section = config.downstream
     limit = int(section.max_per_split) or None
-    loaded = [tasks.load_task(name, path=(section.paths.get(name) or None), max_per_split=limit)
-              for name in section.tasks]
+    loaded = [tasks.load(decl, max_per_split=limit) for decl in downstream_tasks(section, names.REPO_ROOT)]
     out_dir = os.path.join(workdir, names.DOWNSTREAM)
     controls = tuple(section.controls)
 
@@ -298,7 +302,7 @@ def downstream(config, workdir: str, tracker, pieces: Pieces, encoder_id: str, o
         cache_dir=section.cache_dir or os.path.join(out_dir, "embeddings"), controls=controls,
         random_encode_fn=random_fn, out_dir=out_dir, encoder_id=encoder_id,
         random_encoder_id=f"random:{config.model.shape}:{config.seed + 10_000}", on_result=log_result,
-        progress=sys.stderr.isatty())
+        progress=True)  # a bar on a terminal, plain N/M lines with an ETA otherwise
     print(evaluate.format_results_table(results), file=out, flush=True)
     return results
 
@@ -321,12 +325,8 @@ def gather_to_local(model) -> None:
 
 
 def write_summary(tracker, workdir: str, metrics: dict, results: list) -> None:
-    """summary.json (pretraining metrics and every probe's metrics) as an artifact; the probes'
-    test means also as metrics of this run, so runs compare side by side in the MLflow UI."""
-    probes = {f"downstream/{r.name}/{r.source}/{key}": value for r in results
-              for key, value in r.metrics.items() if key.startswith("test/") and key.endswith("_mean")}
-    if probes:
-        tracker.log_metrics(0, probes)
+    """summary.json (pretraining metrics and every probe's metrics) as an artifact. The probes' metrics
+    live on their child runs only ('TASK/SOURCE'), so the parent's metrics tab opens on its curves."""
     path = os.path.join(tracker.workdir, names.SUMMARY)
     with open(path, "w") as f:
         json.dump({"pretrain": metrics, "downstream": [

@@ -119,5 +119,27 @@ def test_training_crops_long_chains_and_their_contact_maps_alike():
     row = int(np.argmax(batch["mask"].sum(1)))
     start = int(batch["x"][row, 0, 0])  # residue index of the window's first row
     np.testing.assert_array_equal(batch["y"][row, :12, :12], maps[1][start:start + 12, start:start + 12])
-    (_, whole), = probe.iterate_batches(probe.ProbeSplit(emb, maps), "contact", cfg, rng=None)
-    assert whole["x"].shape[1] == 32  # evaluation sees whole chains
+    short, whole = (batch for _, batch in probe.iterate_batches(probe.ProbeSplit(emb, maps), "contact", cfg, rng=None))
+    assert short["x"].shape[1] == 16 and whole["x"].shape[1] == 32  # evaluation sees whole chains, by bucket
+
+
+def test_seeds_trained_together_match_seeds_trained_one_after_another():
+    rng = np.random.default_rng(0)
+    emb = [rng.normal(size=(20, embed.ONEHOT_DIM)).astype(np.float32) for _ in range(8)]
+    split = probe.ProbeSplit(emb, [float(x[:, 0].mean()) for x in emb])
+    splits = {"train": split, "valid": split, "test": split}
+
+    def score(name, predictions):
+        return {"r": float(np.corrcoef(predictions, split.targets)[0, 1])}
+
+    steps = []
+    apart = probe.train_probes("regression", splits, score, "r", probe.ProbeConfig(epochs=2), seeds=(0, 1),
+                               on_step=lambda done, total: steps.append((done, total)))
+    together = probe.train_probes("regression", splits, score, "r", probe.ProbeConfig(epochs=2, seeds_together=True),
+                                  seeds=(0, 1))
+    for a, b in zip(apart, together, strict=True):
+        assert a.best_epoch == b.best_epoch
+        # Equal up to float32 rounding (batched and plain matmuls sum in other orders over 2 epochs).
+        np.testing.assert_allclose(a.predictions["test"], b.predictions["test"], rtol=0.02, atol=1e-3)
+    assert apart[0].metrics["test"]["r"] != apart[1].metrics["test"]["r"]  # seeds differ
+    assert steps[-1] == (steps[-1][1], steps[-1][1]) and len(steps) == steps[-1][1]  # progress counts every step

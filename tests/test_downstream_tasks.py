@@ -75,9 +75,9 @@ def test_contact_labels_give_symmetric_maps():
 def test_max_per_split_and_unknown_name():
     data = load_task("gb1", max_per_split=7)
     assert data.counts() == {"train": 7, "valid": 7, "test": 7}
-    with pytest.raises(TaskDataError, match="unknown task 'ssp4'.*format="):
+    with pytest.raises(TaskDataError, match="unknown task 'ssp4'.*give a path"):
         load_task("ssp4")
-    with pytest.raises(TaskDataError, match="needs path="):
+    with pytest.raises(TaskDataError, match="unknown task 'mine'.*give a path"):
         load_task("mine", format="csv")
     with pytest.raises(TaskDataError, match="unknown format 'xml'"):
         load_task("mine", path="x.xml", format="xml")

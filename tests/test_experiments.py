@@ -1,18 +1,28 @@
 """Experiment families: every variant builds, variants differ only where the ablation says, at equal compute."""
 import importlib
+import pathlib
 
 import pytest
 
-from ankh3.config import ConfigError, build_mixture, model_config
+from ankh3.config import ConfigError, build_mixture, check_config, model_config, record_budget
+from experiments.common import RUN_SIZES
 
-FAMILIES = {
-    "base": ("tiny", "small", "ankh3_large", "ankh3_xl"),
-    "ablate_tasks": ("mlm_only", "completion_only", "both"),
-    "ablate_completion": ("0.25", "0.5", "0.75", "variable"),
-    "ablate_xdenoiser": ("off", "on"),
-    "ablate_masking": ("0.15", "0.15,0.3", "0.15,0.2,0.3/3"),
-    "ablate_prefix": ("nlu", "s2s"),
-}
+EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
+
+
+def _families() -> tuple[str, ...]:
+    """Every experiments file that declares VARIANTS (a family); sweep specs and common.py do not."""
+    names = sorted(p.stem for p in EXPERIMENTS.glob("*.py") if p.stem not in ("__init__", "common"))
+    return tuple(n for n in names if hasattr(importlib.import_module(f"experiments.{n}"), "VARIANTS"))
+
+
+ALL_FAMILIES = _families()
+
+
+def variant_args(family: str) -> tuple[str, ...]:
+    """The ARGs to build: the family's VARIANTS; for base (whose ARG is the shape) every shape too."""
+    variants = tuple(importlib.import_module(f"experiments.{family}").VARIANTS)
+    return variants + tuple(f"{variants[0]}@{shape}" for shape in RUN_SIZES) if family == "base" else variants
 
 
 def get_config(family, arg):
@@ -25,9 +35,9 @@ def compute(c):
             c.optimizer.grad_accum, c.budget.total_tokens, c.model.shape, c.seed)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_variants_build_and_share_data_steps_and_batch_shape(family):
-    configs = [get_config(family, arg) for arg in FAMILIES[family]]
+    configs = [get_config(family, arg) for arg in variant_args(family)]
     for c in configs:
         assert c.family == family
         build_mixture(c.objectives, c.mixture_granularity)
@@ -74,10 +84,6 @@ def test_ablations_change_what_they_name():
     assert masking.noise_density == (0.15, 0.3) and masking.mean_span_length == 3.0
     assert get_config("ablate_prefix", "s2s").downstream.prefix == "[S2S]"
     assert get_config("ablate_prefix", "nlu").downstream.prefix == "[NLU]"
-
-
-ALL_FAMILIES = ("base", "ablate_tasks", "ablate_completion", "ablate_xdenoiser", "ablate_masking", "ablate_prefix",
-                "paper")
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)
@@ -129,3 +135,37 @@ def test_tiny_default_probes_over_several_seeds_with_both_controls():
     assert len(set(c.downstream.seeds)) >= 2 and set(c.downstream.controls) == {"onehot", "random"}
     assert c.downstream.max_per_split > 0  # a bounded CPU run; the accelerator shapes probe everything
     assert get_config("base", "ankh3_large").downstream.max_per_split == 0
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+@pytest.mark.parametrize("shape", ("tiny", "ankh3_large"))
+def test_every_variant_fits_its_cut_into_the_shape_lengths(family, shape):
+    module = importlib.import_module(f"experiments.{family}")
+    for name in module.VARIANTS:
+        c = module.get_config(f"{name}@{shape}")
+        record_budget(c)
+        check_config(c)  # raises ConfigError naming the lengths needed if an objective does not fit
+
+
+@pytest.mark.parametrize("shape", ("ankh3_large", "ankh3_xl"))
+def test_ankh3_shapes_cut_at_512_and_complete_256_from_256(shape):
+    c = get_config("base", shape)
+    assert c.data.max_residues == 512 and c.data.crop == "random"
+    assert (c.data.encoder_length, c.data.decoder_length) == (520, 416)  # 512 + task + EOS, rounded up to 8
+    assert "cut to 512 residues (random)" in c.budget.layout and "s2s: 256+256 residues -> 258/257 tokens" in c.budget.layout
+
+
+def test_a_cut_longer_than_the_lengths_hold_is_one_line_naming_the_need():
+    c = get_config("base", None)
+    c.data.max_residues = 1000
+    with pytest.raises(ConfigError, match=r"^config.data.max_residues=1000 needs encoder_length >= 1002 and "
+                                          r"decoder_length >= \d+ for objectives nlu, s2s"):
+        check_config(c)
+
+
+def test_xdenoiser_on_is_ul2s_set_and_single_settings_are_variants():
+    on = build_mixture(get_config("ablate_xdenoiser", "on").objectives)
+    nlg = dict(zip(on.task_names, on.objectives))["nlg"]
+    assert nlg.task_token == "[NLG]" and nlg.settings == ((0.5, 3.0), (0.5, 8.0), (0.15, 64.0), (0.5, 64.0))
+    single = build_mixture(get_config("ablate_xdenoiser", "0.15_span64").objectives)
+    assert dict(zip(single.task_names, single.objectives))["nlg"].settings == ((0.15, 64.0),)

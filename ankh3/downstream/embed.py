@@ -9,8 +9,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
-import time
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 
 import jax
@@ -18,10 +20,11 @@ import numpy as np
 from flax import nnx
 
 from ankh3.errors import UserError
-from ankh3.tokenizer import RESIDUES, Tokenizer
+from ankh3.downstream.progress import Progress
+from ankh3.tokenizer import RESIDUES, TASK_TOKENS, Tokenizer
 
 EncodeFn = Callable[[np.ndarray, np.ndarray], "np.ndarray"]  # (tokens [B,L], mask [B,L]) -> [B,L,D]
-PREFIXES = ("[NLU]", "[S2S]")
+PREFIXES = TASK_TOKENS  # any task token the tokenizer knows may lead a sequence being embedded
 POOLINGS = ("none", "mean", "max")
 _CACHE_VERSION = 1  # bump when the layout of inputs or of cache files changes
 
@@ -86,20 +89,15 @@ def extract_embeddings(encode_fn: EncodeFn, tokenizer: Tokenizer, sequences: Seq
     filler = inputs[0][[0, -1]] if inputs else None
     plan = plan_batches([len(x) for x in inputs], token_budget, multiple)
     out: list = [None] * len(inputs)
-    bar = _progress(len(inputs), desc, progress)
-    start, residues = time.perf_counter(), 0
+    bar = Progress(len(inputs), f"embedding {desc}", unit="seq", enabled=progress)
     for rows, shape in plan:
         tokens, mask = _pad_batch(inputs, rows, shape, filler)
         hidden = np.asarray(encode_fn(tokens, mask))
         for r, i in enumerate(rows):
             per_residue = hidden[r, 1:len(inputs[i]) - 1]  # drop task token and EOS
             out[i] = _pool(per_residue.astype(np.float32), pooling).astype(dtype)
-            residues += len(per_residue)
-        if bar is not None:
-            bar.update(len(rows))
-            bar.set_postfix(res_per_s=f"{residues / max(time.perf_counter() - start, 1e-9):.0f}")
-    if bar is not None:
-        bar.close()
+        bar.update(len(rows))
+    bar.close()
     return out if pooling == "none" else np.stack(out) if out else np.zeros((0, 0), dtype)
 
 
@@ -109,14 +107,6 @@ def _pool(per_residue: np.ndarray, pooling: str) -> np.ndarray:
     if pooling == "max":
         return per_residue.max(axis=0)
     return per_residue
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="seq", leave=False)
 
 
 # ---- encoders -------------------------------------------------------------------------
@@ -187,10 +177,15 @@ def save_embeddings(path: str, embeddings) -> None:
 
 
 def load_embeddings(path: str):
-    with np.load(path) as f:
-        if "pooled" in f:
-            return f["pooled"]
-        flat, offsets = f["flat"], f["offsets"]
+    """A cache entry, or None when it cannot be read (truncated, foreign): it is then recomputed."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "pooled" in f:
+                return f["pooled"]
+            flat, offsets = f["flat"], f["offsets"]
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        logging.warning("embedding cache %s unreadable (%s); recomputing it", path, type(e).__name__)
+        return None
     return [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
 
 
@@ -208,8 +203,9 @@ def cached_embeddings(encode_fn: EncodeFn, tokenizer: Tokenizer, sequences: Sequ
         raise EmbedError("embedding cache: cache_dir is set but encoder_id is empty; pass encoder_id naming the "
                          "weights (e.g. checkpoint path and step) or set cache_dir=None")
     path = cache_path(cache_dir, encoder_id, prefix, f"{dataset_id}:{sequences_digest(sequences)}", pooling, dtype)
-    if os.path.exists(path):
-        return load_embeddings(path)
+    cached = load_embeddings(path) if os.path.exists(path) else None
+    if cached is not None:
+        return cached
     embeddings = extract_embeddings(encode_fn, tokenizer, sequences, prefix, pooling=pooling, dtype=dtype, **kwargs)
     save_embeddings(path, embeddings)
     return embeddings

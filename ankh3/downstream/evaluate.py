@@ -15,11 +15,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ankh3.errors import UserError
-from ankh3.downstream import plots
 from ankh3.downstream.embed import EncodeFn, cached_embeddings, onehot_embeddings, sequences_digest
+from ankh3.downstream.kinds import get_kind
 from ankh3.downstream.metrics import score_split
-from ankh3.downstream.probe import ProbeConfig, ProbeSplit, train_probe
-from ankh3.downstream.tasks import TaskData, contact_map, load_task
+from ankh3.downstream.probe import ProbeConfig, ProbeSplit, train_probes
+from ankh3.downstream.progress import Progress
+from ankh3.downstream.tasks import TaskData, load_task
 from ankh3.tokenizer import Tokenizer
 
 SOURCES = ("model", "onehot", "random")
@@ -83,13 +84,8 @@ def embed_split(source: _Source, tokenizer: Tokenizer, sequences: list[str], pre
 
 def probe_targets(data: TaskData, split: str) -> list:
     """What the probe is trained against: class arrays, contact maps from CB coordinates, or floats."""
-    kind = data.spec.kind
-    examples = data.splits[split]
-    if kind == "contact":
-        return [contact_map(ex.label) for ex in examples]
-    if kind == "regression":
-        return [float(ex.label) for ex in examples]
-    return [np.asarray(ex.label, np.int32) for ex in examples]
+    target = get_kind(data.spec.kind).target
+    return [target(ex.label) for ex in data.splits[split]]
 
 
 # ---- aggregation ----------------------------------------------------------------------
@@ -135,16 +131,9 @@ def draw_artifacts(data: TaskData, source: str, predictions: list, out_dir: str 
     """Test-set plots of one seed's predictions; nothing when out_dir is None."""
     if out_dir is None:
         return []
-    spec, examples = data.spec, data.splits["test"]
-    stem = os.path.join(out_dir, spec.name, source)
-    title = f"{spec.name} ({source}), test"
-    if spec.kind == "residue_classification":
-        return [plots.plot_confusion([ex.label for ex in examples], predictions, list(spec.classes),
-                                     f"{stem}/confusion.png", title)]
-    if spec.kind == "contact":
-        return [plots.plot_contact_maps([contact_map(ex.label) for ex in examples], predictions,
-                                        [ex.name for ex in examples], f"{stem}/contact_maps.png")]
-    return [plots.plot_scatter([ex.label for ex in examples], predictions, f"{stem}/scatter.png", title)]
+    spec = data.spec
+    return [get_kind(spec.kind).plot(spec, data.splits["test"], predictions, os.path.join(out_dir, spec.name, source),
+                                     f"{spec.name} ({source}), test")]
 
 
 # ---- driver ---------------------------------------------------------------------------
@@ -163,8 +152,18 @@ def run_task(data: TaskData, source: _Source, tokenizer: Tokenizer, prefix: str,
     def score(split: str, predictions: list) -> dict[str, float]:
         return score_split(spec, labels[split], predictions)
 
-    runs = [train_probe(spec.kind, splits, score, spec.primary_metric, cfg, seed=seed, num_classes=spec.num_classes,
-                        higher_is_better=spec.higher_is_better, eval_splits=EVAL_SPLITS) for seed in seeds]
+    bars: list[Progress] = []
+
+    def on_step(done: int, total: int) -> None:
+        if not bars:
+            desc = f"probing {spec.name}/{source.name} ({len(seeds)} seed{'s' * (len(seeds) > 1)})"
+            bars.append(Progress(total, desc, enabled=progress))
+        bars[0].update(done=done)
+
+    runs = train_probes(spec.kind, splits, score, spec.primary_metric, cfg, seeds=seeds, num_classes=spec.num_classes,
+                        higher_is_better=spec.higher_is_better, eval_splits=EVAL_SPLITS, on_step=on_step)
+    for bar in bars:
+        bar.close()
     dim = int(splits["train"].embeddings[0].shape[-1])
     artifacts = draw_artifacts(data, source.name, runs[0].predictions["test"], out_dir)
     return TaskResult(spec.name, source.name, aggregate([r.metrics for r in runs]),

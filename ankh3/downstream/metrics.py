@@ -8,11 +8,21 @@ from __future__ import annotations
 import numpy as np
 import scipy.stats
 
-from ankh3.downstream.tasks import contact_map
+CONTACT_THRESHOLD = 8.0  # Å between CB atoms
 
 # Sequence-separation ranges of the contact literature (CASP / TAPE): [min_sep, max_sep], None = open.
 CONTACT_RANGES = {"short": (6, 11), "medium": (12, 23), "long": (24, None)}
 CONTACT_FRACTIONS = {"l": 1, "l2": 2, "l5": 5}
+
+
+def contact_map(coords: np.ndarray, threshold: float = CONTACT_THRESHOLD) -> np.ndarray:
+    """int8 [L, L]: 1 where CB atoms are closer than `threshold` Å, 0 if not, -1 if either is unresolved."""
+    coords = np.asarray(coords, np.float32)
+    dist = np.sqrt(((coords[:, None, :] - coords[None, :, :]) ** 2).sum(-1))
+    out = (dist < threshold).astype(np.int8)
+    resolved = ~np.isnan(coords).any(-1)
+    out[~(resolved[:, None] & resolved[None, :])] = -1
+    return out
 
 
 def accuracy(pred, true, ignore: int = -1) -> float:
@@ -132,14 +142,9 @@ def score_split(spec, labels, predictions) -> dict[str, float]:
     `labels` are the examples' labels in order; `predictions` are, by kind: per-protein int class
     arrays [L] (residue_classification), per-protein score maps [L, L] (contact), floats (regression).
     """
-    if spec.kind == "residue_classification":
-        return {spec.metrics[0]: accuracy(predictions, labels)}
-    if spec.kind == "contact":
-        return mean_contact_precisions(predictions, labels)
-    if spec.kind == "regression":
-        return {"spearman": spearman(predictions, labels), "pearson": pearson(predictions, labels),
-                "mse": mse(predictions, labels)}
-    raise ValueError(f"unknown task kind {spec.kind!r}")
+    from ankh3.downstream.kinds import get_kind  # kinds builds on these metrics
+
+    return get_kind(spec.kind).score(spec, labels, predictions)
 
 
 def flatten_metrics(by_split: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -1,10 +1,16 @@
-"""Downstream tasks: what each one predicts and is scored by, the bundled real tasks, and loading.
+"""Downstream tasks: what each one predicts and is scored by, how it is declared, and loading.
 
     data = load_task("ssp3")                                   # bundled, data/downstream/
     data = load_task("ssp3", max_per_split=50)                 # first 50 of each split
     data = load_task("cb513", format="netsurfp", states=8,
                      path={"train": "Train_HHblits.csv", "test": "CB513_HHblits.csv"})
-    data = load_task("fluorescence", format="tape", path="fluorescence/")   # *_train.json, *_valid.json ...
+    data = load_task("fluorescence", path="fluorescence/")     # *_train.json ...: TAPE, sniffed
+    data = load(TaskDecl("fluor", "regression", "tape", "fluorescence/"))   # as the config declares it
+
+A task is declared by its name, kind (`kinds.KINDS`), reader format (`FORMATS`; '' = sniffed from the
+file), path (a file, a folder of `*_train.*`, `*_valid.*`, `*_test.*`, or a mapping split -> file) and
+the options its reader uses (states, TAPE target key, CB513 mask). The bundled tasks are declarations
+too (`BUNDLED_TASKS`).
 
 Labels (`Example.label`): residue classification -> int8 [L] class indices, -1 = not scored;
 contact -> float32 [L, 3] CB coordinates, NaN rows for unresolved residues (`contact_map` turns them
@@ -12,33 +18,58 @@ into the int8 [L, L] target); regression -> float.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import glob
 import os
+import zipfile
+import zlib
 from collections.abc import Mapping
 
 import numpy as np
 
+from ankh3.downstream.kinds import KINDS, KindError, get_kind
+from ankh3.downstream.metrics import CONTACT_THRESHOLD, contact_map
 from ankh3.downstream.readers import (SPLITS, SSP3, SSP8, Example, TaskDataError, encode_labels,
                                       read_flip_csv, read_labeled_fasta, read_netsurfp_csv,
                                       read_split_csv, read_tape)
 
-__all__ = ["KINDS", "TaskSpec", "TaskData", "Example", "TaskDataError", "load_task", "task_spec",
-           "contact_map", "BUNDLED_TASKS", "BUNDLE_DIR", "CONTACT_THRESHOLD"]
+__all__ = ["KINDS", "TaskSpec", "TaskData", "TaskDecl", "Example", "TaskDataError", "load_task", "load",
+           "task_spec", "sniff_format", "contact_map", "BUNDLED_TASKS", "BUNDLE_DIR", "CONTACT_THRESHOLD", "FORMATS"]
 
-KINDS = ("residue_classification", "contact", "regression")
 BUNDLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                           "data", "downstream")
-CONTACT_THRESHOLD = 8.0  # Å between CB atoms
-CONTACT_METRICS = tuple(f"p_{k}_{r}" for r in ("long", "medium", "short") for k in ("l", "l2", "l5"))
-# Bundled task -> (bundle file, task kind, states); every other name needs `format`.
-BUNDLED_TASKS = {
-    "ssp3": ("structures.npz", "residue_classification", 3),
-    "ssp8": ("structures.npz", "residue_classification", 8),
-    "contact": ("structures.npz", "contact", 0),
-    "gb1": ("gb1.csv", "regression", 0),
+STRUCTURE_KEYS = ("names", "seqs", "dssp8", "offsets", "cb", "split")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskDecl:
+    """A task as a config declares it; `format` '' is sniffed from `path`, `path` '' is the bundled file."""
+
+    name: str
+    kind: str
+    format: str = ""
+    path: object = ""  # a file or folder, or a mapping split -> file
+    states: int = 3  # residue_classification: 3 or 8 DSSP states
+    target: str = "log_fluorescence"  # tape: the record key that holds the value
+    cb513_mask: bool = False  # netsurfp: also ignore residues CB513's mask drops
+
+
+# Reader format -> (kinds it can feed, whether one file carries every split).
+FORMATS = {
+    "structures": (("residue_classification", "contact"), True),  # data/build_downstream.py's .npz
+    "netsurfp": (("residue_classification",), False),
+    "fasta": (("residue_classification",), False),
+    "tape": (("regression",), False),
+    "flip": (("regression",), True),
+    "csv": (("regression",), True),
 }
-FORMATS = ("netsurfp", "fasta", "tape", "flip", "csv")
+BUNDLED_TASKS = {
+    "ssp3": TaskDecl("ssp3", "residue_classification", "structures", os.path.join(BUNDLE_DIR, "structures.npz"), 3),
+    "ssp8": TaskDecl("ssp8", "residue_classification", "structures", os.path.join(BUNDLE_DIR, "structures.npz"), 8),
+    "contact": TaskDecl("contact", "contact", "structures", os.path.join(BUNDLE_DIR, "structures.npz"), 0),
+    "gb1": TaskDecl("gb1", "regression", "csv", os.path.join(BUNDLE_DIR, "gb1.csv"), 0),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,72 +96,157 @@ class TaskData:
 
 def task_spec(name: str, kind: str, states: int = 0) -> TaskSpec:
     """The spec of a task of `kind`; `states` (3 or 8) for secondary structure."""
-    if kind == "residue_classification":
-        if states not in (3, 8):
-            raise TaskDataError(f"task {name!r}: states must be 3 or 8, got {states!r}")
-        metric = f"q{states}"
-        return TaskSpec(name, kind, (metric,), metric, True, states, SSP3 if states == 3 else SSP8)
-    if kind == "contact":
-        return TaskSpec(name, kind, CONTACT_METRICS, "p_l5_long", True)
-    if kind == "regression":
-        return TaskSpec(name, kind, ("spearman", "pearson", "mse"), "spearman", True)
-    raise TaskDataError(f"task {name!r}: unknown kind {kind!r}; use one of {', '.join(KINDS)}")
+    try:
+        record = get_kind(kind)
+        names = record.metrics(states)
+    except KindError as e:
+        raise TaskDataError(f"task {name!r}: {e}") from None
+    classes = {3: SSP3, 8: SSP8}.get(states, "") if kind == "residue_classification" else ""
+    return TaskSpec(name, kind, names, names[0], record.higher_is_better, len(classes), classes)
 
 
-def contact_map(coords: np.ndarray, threshold: float = CONTACT_THRESHOLD) -> np.ndarray:
-    """int8 [L, L]: 1 where CB atoms are closer than `threshold` Å, 0 if not, -1 if either is unresolved."""
-    coords = np.asarray(coords, np.float32)
-    dist = np.sqrt(((coords[:, None, :] - coords[None, :, :]) ** 2).sum(-1))
-    out = (dist < threshold).astype(np.int8)
-    resolved = ~np.isnan(coords).any(-1)
-    out[~(resolved[:, None] & resolved[None, :])] = -1
-    return out
+# ---- declaring ------------------------------------------------------------------------------------
+def declare(name: str, path=None, format: str | None = None, kind: str | None = None, *, states: int | None = None,
+            target: str = "log_fluorescence", cb513_mask: bool = False) -> TaskDecl:
+    """The declaration of task `name`: the bundled one with what is given replaced, or a new task.
+
+    A new task needs a path; its format is sniffed when not given and its kind follows the format
+    (structure bundles default to secondary structure)."""
+    bundled = BUNDLED_TASKS.get(name)
+    if bundled is None and not path:
+        raise TaskDataError(f"unknown task {name!r}: bundled tasks are {', '.join(BUNDLED_TASKS)}; "
+                            f"for your own files give a path (format one of {', '.join(FORMATS)}, or sniffed)")
+    path = path or bundled.path
+    format = format or (bundled.format if bundled and path == bundled.path else sniff_format(path, name))
+    if format not in FORMATS:
+        raise TaskDataError(f"task {name!r}: unknown format {format!r}; use one of {', '.join(FORMATS)}")
+    kind = kind or (bundled.kind if bundled else FORMATS[format][0][0])
+    if kind not in FORMATS[format][0]:
+        raise TaskDataError(f"task {name!r}: a {format} file holds {' or '.join(FORMATS[format][0])} labels, "
+                            f"not {kind}; give another path or set the task's kind/format")
+    if states is None:
+        states = bundled.states if bundled else 3
+    return TaskDecl(name, kind, format, path, states if kind == "residue_classification" else 0, target, cb513_mask)
+
+
+def sniff_format(path, name: str = "?") -> str:
+    """The reader format of a file (by suffix, CSV by header), a folder (its split files) or a mapping."""
+    if is_mapping(path):
+        path = next(iter(path.values()), "")
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise TaskDataError(f"task {name!r}: {path}: no such file or folder; check config.downstream.paths.{name}")
+    if os.path.isdir(path):
+        if path.rstrip("/").endswith(".lmdb"):
+            return "tape"
+        found = [f for split in SPLITS for f in sorted(glob.glob(os.path.join(path, f"*_{split}.*")))]
+        if not found:
+            raise TaskDataError(f"task {name!r}: folder {path} has no *_train.*, *_valid.*, *_test.* files; "
+                                "name the split files so, or give a file")
+        return sniff_format(found[0], name)
+    stem = path[:-3] if path.endswith(".gz") else path
+    suffix = os.path.splitext(stem)[1].lower()
+    by_suffix = {".npz": "structures", ".json": "tape", ".lmdb": "tape", ".fasta": "fasta", ".fa": "fasta",
+                 ".faa": "fasta"}
+    if suffix in by_suffix:
+        return by_suffix[suffix]
+    if suffix == ".csv":
+        return sniff_csv(path, name)
+    raise TaskDataError(f"task {name!r}: cannot tell the format of {path} from its suffix; "
+                        f"set config.downstream.formats.{name} to one of {', '.join(FORMATS)}")
+
+
+def sniff_csv(path: str, name: str) -> str:
+    from ankh3.downstream.readers import open_text
+
+    with open_text(path) as f:
+        header = {h.strip().lstrip("\ufeff") for h in next(csv.reader(f), [])}
+    if "input" in header and ({"dssp3", "dssp8"} & header):
+        return "netsurfp"
+    if {"sequence", "target", "set"} <= header:
+        return "flip"
+    if {"sequence", "target", "split"} <= header:
+        return "csv"
+    raise TaskDataError(f"task {name!r}: {path}: header {','.join(sorted(header))} is none of NetSurfP "
+                        "(input,dssp3,dssp8,disorder), FLIP (sequence,target,set) or split CSV "
+                        f"(sequence,target,split); set config.downstream.formats.{name}")
 
 
 # ---- loading --------------------------------------------------------------------------------------
-def load_task(name: str, path=None, format: str | None = None, *, states: int = 3,
-              target: str = "log_fluorescence", use_cb513_mask: bool = False,
+def load_task(name: str, path=None, format: str | None = None, *, kind: str | None = None,
+              states: int | None = None, target: str = "log_fluorescence", use_cb513_mask: bool = False,
               max_per_split: int | None = None, valid_fraction: float = 0.1, seed: int = 0) -> TaskData:
-    """Load a bundled task by name, or any task from user files when `format` is given.
+    """Load a bundled task by name, or any task from user files (`format` sniffed when not given).
 
-    `path`: for bundled tasks an alternative bundle file (as written by data/build_downstream.py);
-    for `netsurfp`, `fasta` and `tape` a mapping split -> file or a folder holding `*_train.*`,
-    `*_valid.*`, `*_test.*`; for `flip` and `csv` one file carrying the split. `states` picks 3- or
-    8-state labels, `target` the TAPE record key. A missing validation split is carved from train:
-    a seeded `valid_fraction` of it. `max_per_split` keeps the first examples of each split.
+    `path`: for bundled tasks an alternative file of any format; for `netsurfp`, `fasta` and `tape`
+    a mapping split -> file or a folder holding `*_train.*`, `*_valid.*`, `*_test.*`; for
+    `structures`, `flip` and `csv` one file carrying the split. `states` picks 3- or 8-state labels,
+    `target` the TAPE record key. A missing validation split is carved from train: a seeded
+    `valid_fraction` of it. `max_per_split` keeps the first examples of each split.
     """
-    if format is None:
-        if name not in BUNDLED_TASKS:
-            raise TaskDataError(f"unknown task {name!r}: bundled tasks are {', '.join(BUNDLED_TASKS)}; "
-                                f"for your own files give format= one of {', '.join(FORMATS)}")
-        spec, splits = load_bundled(name, path)
+    decl = declare(name, path, format, kind, states=states, target=target, cb513_mask=use_cb513_mask)
+    return load(decl, max_per_split=max_per_split, valid_fraction=valid_fraction, seed=seed)
+
+
+def load(decl: TaskDecl, *, max_per_split: int | None = None, valid_fraction: float = 0.1, seed: int = 0) -> TaskData:
+    """The examples of a declared task, by split."""
+    spec = task_spec(decl.name, decl.kind, decl.states)
+    kinds, one_file = FORMATS[decl.format]
+    if one_file:
+        if is_mapping(decl.path) or os.path.isdir(os.fspath(decl.path)):
+            raise TaskDataError(f"task {decl.name!r}: format {decl.format!r} reads one file holding the splits; "
+                                f"{describe(decl.path)} is not one file")
+        splits = read_one_file(decl)
     else:
-        spec, splits = load_user_task(name, path, format, states, target, use_cb513_mask)
-        splits = carve_validation(splits, valid_fraction, seed, where=describe(path))
-    check_splits(splits, name, describe(path) if path is not None else BUNDLE_DIR)
+        splits = {split: read_split_file(decl, file) for split, file in split_files(decl.path, decl.name).items()}
+    splits = carve_validation(splits, valid_fraction, seed, where=describe(decl.path))
+    check_splits(splits, decl.name, describe(decl.path))
     if max_per_split is not None:
         splits = {k: v[:max_per_split] for k, v in splits.items()}
     return TaskData(spec, splits)
 
 
-def load_bundled(name: str, path) -> tuple[TaskSpec, dict[str, list[Example]]]:
-    filename, kind, states = BUNDLED_TASKS[name]
-    path = path or os.path.join(BUNDLE_DIR, filename)
-    spec = task_spec(name, kind, states)
-    if filename == "gb1.csv":
-        return spec, read_split_csv(path)
-    return spec, read_structures(path, kind, states)
+def read_one_file(decl: TaskDecl) -> dict[str, list[Example]]:
+    path = os.fspath(decl.path)
+    if decl.format == "structures":
+        return read_structures(path, decl.kind, decl.states)
+    return (read_flip_csv if decl.format == "flip" else read_split_csv)(path)
+
+
+def read_split_file(decl: TaskDecl, file: str) -> list[Example]:
+    if decl.format == "netsurfp":
+        return read_netsurfp_csv(file, decl.states, decl.cb513_mask)
+    if decl.format == "fasta":
+        return read_labeled_fasta(file, decl.states)
+    return read_tape(file, decl.target)
 
 
 def read_structures(path: str, kind: str, states: int) -> dict[str, list[Example]]:
     """Chains of a structures bundle as secondary-structure or contact examples, by split."""
     if not os.path.exists(path):
-        raise TaskDataError(f"{path}: file not found; rebuild it with data/build_downstream.py")
-    with np.load(path) as npz:
-        arrays = {k: npz[k] for k in ("names", "seqs", "dssp8", "offsets", "cb", "split")}
+        raise TaskDataError(f"{path}: file not found; rebuild it with python data/build_downstream.py")
+    fix = "rebuild it with python data/build_downstream.py or point config.downstream.paths at another file"
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in STRUCTURE_KEYS if k not in npz.files]
+            if missing:
+                raise TaskDataError(f"{path}: structures bundle lacks array(s) {', '.join(missing)}; {fix}")
+            arrays = {k: npz[k] for k in STRUCTURE_KEYS}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        if isinstance(e, TaskDataError):
+            raise
+        raise TaskDataError(f"{path}: unreadable structures .npz (truncated or not an .npz: "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}); {fix}") from None
+    offsets, names = arrays["offsets"], arrays["names"]
+    if len(offsets) != len(names) + 1 or len(arrays["seqs"]) != len(names) or len(arrays["split"]) != len(names):
+        raise TaskDataError(f"{path}: arrays disagree ({len(names)} names, {len(arrays['seqs'])} seqs, "
+                            f"{len(arrays['split'])} splits, {len(offsets)} offsets); {fix}")
+    unknown = sorted(set(map(str, arrays["split"])) - set(SPLITS))
+    if unknown:
+        raise TaskDataError(f"{path}: unknown split(s) {', '.join(unknown)} in array 'split'; "
+                            f"use {', '.join(SPLITS)} ({fix})")
     splits: dict[str, list[Example]] = {name: [] for name in SPLITS}
-    offsets = arrays["offsets"]
-    for i, name in enumerate(arrays["names"]):
+    for i, name in enumerate(names):
         seq = str(arrays["seqs"][i])
         if kind == "contact":
             label = arrays["cb"][offsets[i]:offsets[i + 1]].astype(np.float32)
@@ -140,27 +256,6 @@ def read_structures(path: str, kind: str, states: int) -> dict[str, list[Example
             raise TaskDataError(f"{path}: chain {name} has {len(label)} labels for {len(seq)} residues")
         splits[str(arrays["split"][i])].append(Example(str(name), seq, label))
     return splits
-
-
-def load_user_task(name, path, format, states, target, use_cb513_mask):
-    if path is None:
-        raise TaskDataError(f"task {name!r}: format={format!r} needs path= (a file, or split -> file)")
-    if format in ("flip", "csv"):
-        if not isinstance(path, (str, os.PathLike)):
-            raise TaskDataError(f"task {name!r}: format={format!r} reads one file holding the splits")
-        read = read_flip_csv if format == "flip" else read_split_csv
-        return task_spec(name, "regression"), read(os.fspath(path))
-    if format == "netsurfp":
-        spec, read = task_spec(name, "residue_classification", states), \
-            (lambda p: read_netsurfp_csv(p, states, use_cb513_mask))
-    elif format == "fasta":
-        spec, read = task_spec(name, "residue_classification", states), (lambda p: read_labeled_fasta(p, states))
-    elif format == "tape":
-        spec, read = task_spec(name, "regression"), (lambda p: read_tape(p, target))
-    else:
-        raise TaskDataError(f"task {name!r}: unknown format {format!r}; use one of {', '.join(FORMATS)}")
-    files = split_files(path, name)
-    return spec, {split: read(file) for split, file in files.items()}
 
 
 def split_files(path, name: str) -> dict[str, str]:
@@ -173,12 +268,20 @@ def split_files(path, name: str) -> dict[str, str]:
                 raise TaskDataError(f"task {name!r}: path key {key!r} is not a split; use train, valid, test")
             files[split] = os.fspath(file)
         return files
-    folder = os.fspath(path)
+    folder, before, after = os.fspath(path), "*", ".*"  # glob: BEFORE_{split}AFTER
+    if os.path.isfile(folder):  # one split file: its siblings that differ only in the split name
+        base = os.path.basename(folder)
+        split = next((s for s in SPLITS if f"_{s}." in base), None)
+        if split is None:
+            raise TaskDataError(f"task {name!r}: {folder} is one file but this format keeps a split per file; "
+                                "give the folder of its *_train.*, *_valid.*, *_test.* files")
+        head, tail = base.split(f"_{split}.", 1)
+        folder, before, after = os.path.dirname(folder) or ".", glob.escape(head), glob.escape("." + tail)
     if not os.path.isdir(folder):
-        raise TaskDataError(f"task {name!r}: {folder} is neither a folder nor a mapping split -> file")
+        raise TaskDataError(f"task {name!r}: {folder} is neither a file, a folder nor a mapping split -> file")
     files = {}
     for split in SPLITS:
-        found = sorted(glob.glob(os.path.join(folder, f"*_{split}.*")))
+        found = sorted(glob.glob(os.path.join(glob.escape(folder), f"{before}_{split}{after}")))
         if len(found) > 1:
             raise TaskDataError(f"{folder}: several files for split {split}: {', '.join(found)}; pass a mapping")
         if found:

@@ -1,0 +1,190 @@
+"""Downstream probes end to end (embedding, head training, evaluation; model and both controls):
+today's path against the path before it, in one run.
+
+    python benchmarks/probes.py                                   # 64 chains per split, 3 seeds, 2 epochs
+    python benchmarks/probes.py --per_split=0 --seeds=3           # the full bundled splits
+
+Each path runs in a fresh subprocess (no compiled program or embedding is shared between them), the
+paths alternate `--repeats` times, and the best wall time of each is reported with the ratio. Both
+embed with the same tiny T5 (random weights: speed does not depend on them), probe ssp3, contact and
+gb1 with the model, one-hot and random-encoder embeddings, and print their test metrics so that the
+two paths can be seen to learn alike.
+
+`before` is the probe path as it was up to commit a9de306, reimplemented faithfully here: one head per
+seed trained alone, batches in random order padded to 64-multiples (then powers of two), a compiled
+train step and predict step per padded length; embeddings and heads are the library's.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run as a script from anywhere
+
+TASKS = ("ssp3", "contact", "gb1")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--per_split", type=int, default=64, help="chains per split (0 = all of the bundle)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=1, help="alternating runs of each path; best wall time kept")
+    p.add_argument("--paths", default="before,now")
+    p.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: run one path, print JSON
+    return p.parse_args(argv)
+
+
+# ---- the path before: one head per seed, 64-multiple buckets, batches in random order ----------------
+def before_train_probe(kind, splits, score, select, cfg, *, seed, num_classes, higher_is_better, eval_splits):
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from ankh3.downstream import probe
+    from ankh3.downstream.embed import bucket_length
+
+    def batch_of(split, rows, rng):
+        if rng is not None and cfg.max_train_length and kind != "regression":
+            split, rows = probe.crop_examples(split, rows, kind, cfg.max_train_length, rng), list(range(len(rows)))
+        length = bucket_length(max(len(split.embeddings[i]) for i in rows), cfg.length_multiple)
+        dim = split.embeddings[rows[0]].shape[-1]
+        x, mask = np.zeros((cfg.batch_size, length, dim), np.float32), np.zeros((cfg.batch_size, length), bool)
+        for r, i in enumerate(rows):
+            n = len(split.embeddings[i])
+            x[r, :n], mask[r, :n] = split.embeddings[i], True
+        from ankh3.downstream.kinds import get_kind
+        return {"x": x, "mask": mask, **get_kind(kind).pad_targets([split.targets[i] for i in rows], cfg.batch_size,
+                                                                     length)}
+
+    def batches(split, rng):
+        order = rng.permutation(len(split)) if rng is not None else np.arange(len(split))
+        for start in range(0, len(split), cfg.batch_size):
+            rows = order[start:start + cfg.batch_size].tolist()
+            yield rows, batch_of(split, rows, rng)
+
+    def predict(params, split):
+        out_all = []
+        for rows, b in batches(split, None):
+            out = np.asarray(_before_predict(params, other, b["x"], b["mask"], graphdef=graphdef, kind=kind))
+            for r, i in enumerate(rows):
+                n = len(split.embeddings[i])
+                out_all.append(float(out[r]) if kind == "regression" else out[r, :n] if kind != "contact"
+                               else out[r, :n, :n])
+        return out_all
+
+    train = splits["train"]
+    label_mean = float(np.mean(train.targets)) if kind == "regression" else 0.0
+    model = probe.build_head(kind, train.embeddings[0].shape[-1], cfg.head, seed, num_classes=num_classes,
+                             label_mean=label_mean)
+    graphdef, params, other = nnx.split(model, nnx.Param, ...)
+    opt_state = probe._optimizer(cfg.lr, cfg.weight_decay).init(params)
+    rng, key = np.random.default_rng(seed), jax.random.key(seed, impl="rbg")
+    best = (-np.inf, 0, params)
+    for epoch in range(1, cfg.epochs + 1):
+        for _, b in batches(train, rng):
+            key, sub = jax.random.split(key)
+            params, opt_state, _ = _before_step(params, other, opt_state, b, sub, graphdef=graphdef, kind=kind,
+                                                lr=cfg.lr, weight_decay=cfg.weight_decay)
+        value = float(score("valid", predict(params, splits["valid"]))[select])
+        ranked = (value if higher_is_better else -value) if np.isfinite(value) else -np.inf
+        if epoch == 1 or ranked > best[0]:
+            best = (ranked, epoch, params)
+    params = best[2]
+    predictions = {name: predict(params, splits[name]) for name in eval_splits if name in splits}
+    return probe.ProbeResult({n: score(n, p) for n, p in predictions.items()}, predictions, best[1], [])
+
+
+def _jits():
+    import jax
+    import optax
+    from flax import nnx
+
+    from ankh3.downstream.kinds import get_kind
+    from ankh3.downstream.probe import _optimizer
+
+    @functools.partial(jax.jit, static_argnames=("graphdef", "kind", "lr", "weight_decay"))
+    def step(params, other, opt_state, batch, key, *, graphdef, kind, lr, weight_decay):
+        def loss_fn(p):
+            return get_kind(kind).loss(nnx.merge(graphdef, p, other)(batch["x"], batch["mask"], key), batch)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = _optimizer(lr, weight_decay).update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    @functools.partial(jax.jit, static_argnames=("graphdef", "kind"))
+    def predict(params, other, x, mask, *, graphdef, kind):
+        return get_kind(kind).output(nnx.merge(graphdef, params, other)(x, mask))
+
+    return step, predict
+
+
+def run_one(path: str, args) -> dict:
+    """One path end to end in this process: {'wall_s', 'metrics': {task/source: primary test mean}}."""
+    global _before_step, _before_predict
+    from flax import nnx
+
+    from ankh3.downstream import embed, evaluate, probe
+    from ankh3.downstream.tasks import load_task
+    from ankh3.model import T5, get_shape
+    from ankh3.tokenizer import Tokenizer
+
+    if path == "before":
+        _before_step, _before_predict = _jits()
+
+        def train_probes(kind, splits, score, select, cfg, *, seeds, on_step=None, **kw):
+            return [before_train_probe(kind, splits, score, select, cfg, seed=s, **kw) for s in seeds]
+
+        evaluate.train_probes = train_probes
+    cfg = get_shape("tiny")
+    start = time.perf_counter()
+    data = [load_task(name, max_per_split=args.per_split or None) for name in TASKS]
+    results = evaluate.run_tasks(embed.make_model_encode_fn(T5(cfg, rngs=nnx.Rngs(0))), Tokenizer.default(), data,
+                                 "[NLU]", seeds=args.seeds, epochs=args.epochs,
+                                 random_encode_fn=embed.make_random_encode_fn(cfg, seed=1), progress=False,
+                                 probe_config=probe.ProbeConfig())
+    wall = time.perf_counter() - start
+    metrics = {f"{r.name}/{r.source}": round(r.metrics[f"test/{r.params['primary_metric']}_mean"], 4) for r in results}
+    return {"wall_s": wall, "cpu_s": sum(os.times()[:2]), "metrics": metrics}
+
+
+def main(argv=None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.one:
+        print("RESULT " + json.dumps(run_one(args.one, args)), flush=True)
+        return
+    paths = args.paths.split(",")
+    best: dict[str, dict] = {}
+    for repeat in range(args.repeats):
+        for path in paths:
+            cmd = [sys.executable, os.path.abspath(__file__), f"--one={path}", f"--per_split={args.per_split}",
+                   f"--seeds={args.seeds}", f"--epochs={args.epochs}"]
+            done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if line is None:
+                sys.exit(f"error: path {path} failed:\n{done.stderr[-2000:]}")
+            result = json.loads(line[len("RESULT "):])
+            print(f"[{repeat + 1}/{args.repeats}] {path}: {result['wall_s']:.1f} s wall, {result['cpu_s']:.1f} s CPU",
+                  flush=True)
+            if path not in best or result["wall_s"] < best[path]["wall_s"]:
+                best[path] = result
+    print(f"\nprobes end to end: per_split={args.per_split or 'all'}, seeds={args.seeds}, epochs={args.epochs}, "
+          f"tasks {', '.join(TASKS)}; sources model, onehot, random; {os.cpu_count()} CPUs")
+    for path in paths:
+        print(f"  {path:<7} {best[path]['wall_s']:8.1f} s wall  {best[path]['cpu_s']:8.1f} s CPU")
+    if {"before", "now"} <= set(best):
+        print(f"  speed-up (wall): {best['before']['wall_s'] / best['now']['wall_s']:.2f}x")
+        print("  test primary metric (mean over seeds), before -> now:")
+        for key, value in best["before"]["metrics"].items():
+            print(f"    {key:<16} {value:.3f} -> {best['now']['metrics'].get(key, float('nan')):.3f}")
+
+
+if __name__ == "__main__":
+    main()
