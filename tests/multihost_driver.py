@@ -26,7 +26,8 @@ LOSS_KEY = re.compile(r"^train/(?:[^/]+/)?loss$")  # train/loss and the per-obje
 TINY = [
     "--config=experiments/base.py", "--config.model.d_model=32", "--config.model.d_ff=64",
     "--config.model.num_heads=2", "--config.model.num_encoder_layers=1", "--config.model.num_decoder_layers=1",
-    "--config.data.batch_size=8", "--config.data.encoder_length=48", "--config.data.decoder_length=32",
+    "--config.data.batch_size=8", "--config.data.max_residues=40", "--config.data.encoder_length=48",
+    "--config.data.decoder_length=32",
     "--config.train.log_every=1", "--config.train.eval_every=10", "--config.train.eval_batches=1",
     "--config.train.progress_every_s=0", "--config.optimizer.warmup_steps=2", "--config.mesh.model=2",
     "--mode=pretrain",
