@@ -39,6 +39,7 @@ def build_model(config):
 
 
 def build_mesh(config):
+    """The (data, model) mesh over every device of every process; data parallel over what model leaves."""
     import jax
 
     from ankh3.sharding import make_mesh
@@ -48,6 +49,13 @@ def build_mesh(config):
     if model_axis < 1 or count % model_axis:
         raise ConfigError(f"config.mesh.model={model_axis} must divide the {count} devices")
     return make_mesh(data=count // model_axis, model=model_axis)
+
+
+def sharding_rules(config):
+    """The logical-axis rules of the run: tensor parallel (default) or fully sharded (config.mesh.fsdp)."""
+    from ankh3.sharding import FSDP_RULES, RULES
+
+    return FSDP_RULES if config.mesh.get("fsdp", False) else RULES
 
 
 def build_pieces(config) -> Pieces:
@@ -60,22 +68,62 @@ def build_pieces(config) -> Pieces:
     return Pieces(model_cfg, model, tokenizer, build_mesh(config))
 
 
-def host_batch_size(global_batch: int, process_count: int) -> int:
-    """This process's share of config.data.batch_size, which is the global batch over all hosts."""
-    if global_batch % process_count:
+def host_batch_size(global_batch: int, shards: int) -> int:
+    """One input shard's share of config.data.batch_size, which is the global batch over all hosts."""
+    if global_batch % shards:
         raise ConfigError(f"config.data.batch_size={global_batch} is the global batch and must split evenly over "
-                          f"the {process_count} processes; set it to a multiple of {process_count}")
-    return global_batch // process_count
+                          f"the {shards} input shards (one per process unless config.data.host_shards is set); "
+                          f"set it to a multiple of {shards}")
+    return global_batch // shards
+
+
+def input_shards(config, process_count: int) -> int:
+    """How many input shards the global batch is drawn from: config.data.host_shards, 0 = one per process.
+
+    The batches a run sees depend on this number, not on how many processes read them: a run on
+    one host with host_shards=N sees what N hosts see (the same losses), and a run can resume on
+    another number of hosts that divides it.
+    """
+    shards = int(config.data.get("host_shards", 0)) or process_count
+    if shards % process_count:
+        raise ConfigError(f"config.data.host_shards={shards} must be a multiple of the {process_count} processes "
+                          f"(each reads the same number of shards); set it to a multiple of {process_count} or 0")
+    return shards
+
+
+class ShardBatches:
+    """Several input shards read by one process: each batch is theirs side by side (in shard order).
+
+    Its state is the list of the shards' states; one shard is never wrapped (its state is its own).
+    """
+
+    def __init__(self, iterators):
+        self.iterators = list(iterators)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        import numpy as np
+
+        parts = [next(it) for it in self.iterators]
+        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+    def get_state(self) -> dict:
+        return {"shards": [it.get_state() for it in self.iterators]}
+
+    def set_state(self, state: dict) -> None:
+        for it, shard_state in zip(self.iterators, state["shards"], strict=True):
+            it.set_state(shard_state)
 
 
 def build_data(config, tokenizer, mixture, process_index: int | None = None, process_count: int | None = None):
     """(training batch iterator, fixed held-out batches) of this process: both from the Grain pipeline.
 
-    Each of the process_count hosts (default: jax's) reads its own 1/process_count of the records and
-    builds batches of batch_size / process_count rows. The global batch is those shares side by side:
-    assembling it is jax.make_array_from_process_local_data(NamedSharding(mesh, batch spec), share),
-    which ankh3.train.device_batch does not do yet, so `experiment.run` refuses more than one process
-    (see check_single_process).
+    The global batch (config.data.batch_size rows) is drawn from `input_shards` shards of the records;
+    each of the process_count processes (default: jax's) reads its consecutive run of them, so its
+    share is batch_size / process_count rows, and ankh3.train.device_batch assembles the shares into
+    one global array.
     """
     import jax
 
@@ -85,22 +133,21 @@ def build_data(config, tokenizer, mixture, process_index: int | None = None, pro
     data = config.data
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-    common = dict(batch_size=host_batch_size(data.batch_size, process_count), encoder_length=data.encoder_length,
+    shards = input_shards(config, process_count)
+    per_process = shards // process_count
+    mine = range(process_index * per_process, (process_index + 1) * per_process)
+    common = dict(batch_size=host_batch_size(data.batch_size, shards), encoder_length=data.encoder_length,
                   decoder_length=data.decoder_length, max_residues=data.max_residues, crop=data.crop,
                   min_residues=data.min_residues, on_invalid=data.on_invalid,
-                  process_index=process_index, process_count=process_count)
-    train = pipeline.make_iterator(open_source(data.train), tokenizer, mixture, seed=config.seed, shuffle=True,
-                                   worker_count=data.worker_count, **common)
+                  process_count=shards)
+
+    def read(path: str, seed: int, **options):
+        source = open_source(path)
+        parts = [pipeline.make_iterator(source, tokenizer, mixture, seed=seed, process_index=shard, **common,
+                                        **options) for shard in mine]
+        return parts[0] if len(parts) == 1 else ShardBatches(parts)
+
+    train = read(data.train, config.seed, shuffle=True, worker_count=data.worker_count)
     # The held-out batches are drawn once (fixed masking too), so every evaluation sees the same data.
-    valid = pipeline.make_iterator(open_source(data.valid), tokenizer, mixture, seed=config.seed + 1,
-                                   shuffle=False, **common)
+    valid = read(data.valid, config.seed + 1, shuffle=False)
     return train, [next(valid) for _ in range(config.train.eval_batches)]
-
-
-def check_single_process(process_count: int) -> None:
-    """Several JAX processes (multi-host) would each place their share of the batch as if it were the
-    whole batch; until ankh3.train.device_batch assembles the global array, refuse instead of training wrong."""
-    if process_count > 1:
-        raise ConfigError(f"launch/run.py runs as one of {process_count} JAX processes (multi-host), which is not "
-                          "supported yet: the per-host batches are not assembled into one global batch; run on "
-                          "one host (all its local devices are used)")

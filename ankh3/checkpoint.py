@@ -1,11 +1,15 @@
 """Checkpoints of a training run with orbax: train state (params, optimizer, step, RNG) and data position.
 
 Saves are asynchronous (training goes on while arrays are written) and the last K are kept. The data
-iterator's state is JSON, taken synchronously at save time so it matches the train state exactly.
-`PreemptionGuard` turns SIGTERM/SIGINT into a flag the loop checks, so it can save before exiting.
+iterator's state is JSON, taken synchronously at save time so it matches the train state exactly; with
+several JAX processes every process saves (and restores) its own, as data/process_I-of-N.json (Grain's
+layout), while the arrays are saved collectively. `PreemptionGuard` turns SIGTERM/SIGINT into a flag
+the loop checks, so it can save before exiting.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import signal
@@ -46,7 +50,7 @@ class Checkpointer:
         ocp = self._ocp
         args = ocp.args.Composite(**{
             STATE_ITEM: ocp.args.StandardSave(to_saveable(state)),
-            DATA_ITEM: ocp.args.JsonSave(_json_data_state(data_state)),
+            DATA_ITEM: _data_args()[0](_json_data_state(data_state)),
         })
         return self._manager.save(step, args=args, force=force)
 
@@ -60,7 +64,7 @@ class Checkpointer:
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(**{
                 STATE_ITEM: ocp.args.StandardRestore(abstract),
-                DATA_ITEM: ocp.args.JsonRestore(),
+                DATA_ITEM: _data_args()[1](),
             }))
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(
@@ -76,6 +80,50 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+# ---- every process's data position -------------------------------------------------------------------
+def _host_file(directory, index: int, count: int):
+    return directory / f"process_{index}-of-{count}.json"
+
+
+@functools.cache
+def _data_args():
+    """(save args, restore args) of the per-process data item; registered with orbax once, on first use."""
+    import orbax.checkpoint as ocp
+
+    class HostDataHandler(ocp.CheckpointHandler):
+        """Writes this process's JSON data state into the item directory; reads it back. A one-process
+        checkpoint written as orbax JSON (data/metadata) restores too."""
+
+        def save(self, directory, args):
+            _host_file(directory, jax.process_index(), jax.process_count()).write_text(json.dumps(args.state))
+
+        def restore(self, directory, args=None):
+            index, count = jax.process_index(), jax.process_count()
+            path = _host_file(directory, index, count)
+            if path.exists():
+                return json.loads(path.read_text())
+            if count == 1 and (directory / "metadata").exists():
+                return json.loads((directory / "metadata").read_text())
+            saved = sorted(p.name for p in directory.glob("process_*-of-*.json")) or ["none"]
+            raise CheckpointError(f"{directory} holds the data positions {', '.join(saved)}, not this run's "
+                                  f"process {index} of {count}; resume with the number of processes that wrote it")
+
+        def metadata(self, directory):
+            return None
+
+    @ocp.args.register_with_handler(HostDataHandler, for_save=True)
+    @dataclasses.dataclass
+    class HostDataSave(ocp.args.CheckpointArgs):
+        state: Any
+
+    @ocp.args.register_with_handler(HostDataHandler, for_restore=True)
+    @dataclasses.dataclass
+    class HostDataRestore(ocp.args.CheckpointArgs):
+        pass
+
+    return HostDataSave, HostDataRestore
 
 
 # ---- PRNG keys are saved as their raw key data -----------------------------------------------------
@@ -121,18 +169,31 @@ def _unwrap_data_state(saved: dict) -> Any:
 class PreemptionGuard:
     """While active, SIGTERM and SIGINT set `requested` instead of killing the process.
 
-    The loop saves a checkpoint and exits when it sees the flag; a second signal exits at once.
+    The loop saves a checkpoint and exits when it sees the flag; a second signal exits at once. With
+    several processes, `agreement` (ankh3.distributed.StopAgreement) makes them all see the flag at
+    the same step, whichever of them got the signal, so that they save the same step together.
     """
 
-    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT), agreement=None):
         self.signals = signals
-        self.requested: int | None = None
+        self._seen: int | None = None
+        self._agreement = agreement
+        self._agreed: int | None = None
         self._previous: dict = {}
 
+    @property
+    def requested(self) -> int | None:
+        """The signal to stop for, or None. Read once per step (the same number of times on every process)."""
+        if self._agreement is None:
+            return self._seen
+        if self._agreed is None:
+            self._agreed = self._agreement.check(self._seen or 0) or None
+        return self._agreed
+
     def _handle(self, signum, frame):
-        if self.requested is not None:  # asked twice: the user means it
+        if self._seen is not None:  # asked twice: the user means it
             raise KeyboardInterrupt
-        self.requested = signum
+        self._seen = signum
 
     def __enter__(self) -> "PreemptionGuard":
         for sig in self.signals:
@@ -145,4 +206,5 @@ class PreemptionGuard:
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.requested).name if self.requested is not None else ""
+        signum = self._agreed if self._agreement is not None else self._seen
+        return signal.Signals(signum).name if signum is not None else ""

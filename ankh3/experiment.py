@@ -7,6 +7,10 @@
 `launch/run.py` is flag parsing around this; grid and sweep call it too (a sweep passes an
 `on_eval` hook that prunes). Every user mistake raises an ankh3.errors.UserError whose message is
 one line; a signal stops training at a checkpoint and the result says so (`stopped_by`).
+
+Several JAX processes (ankh3.distributed.initialize first) run the same call: they train together
+and save checkpoints together; process 0 alone tracks to MLflow, prints, writes artifacts and the
+summary, and probes the encoder downstream (on its own devices, with the gathered parameters).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import time
 from typing import Callable, TextIO
 
 from ankh3 import names
-from ankh3.assembly import Pieces, build_data, build_pieces, check_single_process
+from ankh3.assembly import Pieces, build_data, build_pieces, sharding_rules
 from ankh3.config import ConfigError
 
 
@@ -84,9 +88,11 @@ def default_workdir(config) -> str:
     return names.default_workdir(config.tracking.experiment, config.variant, config.seed)
 
 
-def dry_run_report(config) -> str:
-    """The resolved config, parameter count and token budget: what `--dry_run` prints."""
+def dry_run_report(config, devices: int | None = None) -> str:
+    """The resolved config, parameter count, token budget and the per-device memory plan: what
+    `--dry_run` prints. `devices`: the mesh size to plan for (default: the devices of this machine)."""
     from ankh3.config import model_config
+    from ankh3.memory_plan import plan_for_config
     from ankh3.model import count_params
 
     cfg = model_config(config.model)
@@ -98,6 +104,7 @@ def dry_run_report(config) -> str:
         f"(batch {config.data.batch_size} x accumulation {config.optimizer.grad_accum} x "
         f"({config.data.encoder_length} encoder + {config.data.decoder_length} decoder positions))",
         f"token budget: {config.budget.total_tokens:,} over {config.train.steps:,} steps",
+        plan_for_config(config, devices).report(),
     ])
 
 
@@ -116,10 +123,33 @@ def run_description(config, mode: str) -> str:
             f"python analysis/aggregate.py --experiment={config.tracking.experiment}")
 
 
+class SilentTracker:
+    """The tracker of processes other than 0: same calls, nothing recorded (process 0 records the run)."""
+
+    def __init__(self, uri: str, workdir: str):
+        self.uri, self.workdir, self.run_id = uri, workdir, None
+
+    def start(self):
+        return self
+
+    def end(self, status: str = "FINISHED") -> bool:
+        return True
+
+    def log_params(self, *args, **kwargs) -> None: ...
+    def log_metrics(self, *args, **kwargs) -> None: ...
+    def log_artifact(self, *args, **kwargs) -> None: ...
+    def log_child(self, *args, **kwargs) -> None: ...
+    def flush(self, *args, **kwargs) -> None: ...
+
+
 def make_tracker(config, workdir: str, name: str, mode: str):
     import jax
 
+    from ankh3 import distributed
     from ankh3.tracking import Tracker, git_state, hostname
+
+    if not distributed.is_main():
+        return SilentTracker(tracking_uri(config), workdir)
 
     commit, dirty = git_state(names.REPO_ROOT)
     tags = {names.TAG_FAMILY: config.family, names.TAG_VARIANT: config.variant, names.TAG_SEED: config.seed,
@@ -131,6 +161,9 @@ def make_tracker(config, workdir: str, name: str, mode: str):
 
 def log_config(tracker, config, workdir: str) -> None:
     from ankh3.tracking import flatten
+
+    if isinstance(tracker, SilentTracker):
+        return
 
     path = os.path.join(workdir, names.CONFIG_FILE)
     with open(path, "w") as f:
@@ -145,20 +178,18 @@ def pretrain(config, workdir: str, tracker, pieces: Pieces, hooks: Hooks):
     import jax
     from flax import nnx
 
-    from ankh3 import train
+    from ankh3 import distributed, train
     from ankh3.checkpoint import Checkpointer, PreemptionGuard
     from ankh3.config import build_mixture
     from ankh3.data.frequencies import unigram_entropy
     from ankh3.data.sources import open_source
     from ankh3.optimizer import OptimizerSpec, make_optimizer
-    from ankh3.sharding import shard_model
 
     mixture = build_mixture(config.objectives, config.mixture_granularity)
     task_names = mixture.task_names
     batches, eval_batches = build_data(config, pieces.tokenizer, mixture)
-    shard_model(pieces.model, pieces.mesh)
     tx, schedule = make_optimizer(OptimizerSpec.from_config(config.optimizer, config.train.steps))
-    graphdef, state = train.init_state(pieces.model, tx, pieces.mesh)
+    graphdef, state = sharded_state(config, pieces, tx)
     checkpointer = Checkpointer(os.path.join(workdir, names.CHECKPOINTS), keep=config.train.keep_checkpoints)
     if checkpointer.latest_step() is not None:
         state, data_state = checkpointer.restore(None, state)
@@ -175,19 +206,30 @@ def pretrain(config, workdir: str, tracker, pieces: Pieces, hooks: Hooks):
     residues = train.residue_ids(pieces.tokenizer)  # a converted checkpoint may place residues at other ids
     train_step = train.make_train_step(graphdef, tx, len(task_names), settings.dropout, residues)
     eval_step = train.make_eval_step(graphdef, len(task_names), residues)
+    agreement = distributed.StopAgreement(pieces.mesh) if distributed.multi_process() else None
     try:
-        with jax.set_mesh(pieces.mesh), PreemptionGuard() as guard:
+        with jax.set_mesh(pieces.mesh), PreemptionGuard(agreement=agreement) as guard:
             eval_device = [train.device_batch(b, pieces.mesh) for b in eval_batches]
             result = train.train_loop(
                 state=state, train_step=train_step, eval_step=eval_step, batches=batches, eval_batches=eval_device,
                 task_names=task_names, settings=settings, mesh=pieces.mesh, checkpointer=checkpointer,
-                data_state=batches.get_state, tracker=tracker, guard=guard, schedule=schedule, workdir=workdir,
-                out=hooks.out, on_eval=hooks.on_eval)
+                data_state=batches.get_state, tracker=tracker, guard=guard, schedule=schedule,
+                workdir=workdir if distributed.is_main() else None, out=hooks.out, on_eval=hooks.on_eval)
     finally:
         checkpointer.close()  # lets pending asynchronous saves finish, whatever happened
     nnx.update(pieces.model, result.state["params"], result.state["rest"])
-    write_pretrain_artifacts(tracker, workdir, task_names, result, config)
+    if distributed.is_main():
+        write_pretrain_artifacts(tracker, workdir, task_names, result, config)
     return result
+
+
+def sharded_state(config, pieces: Pieces, tx):
+    """(graphdef, train state) with the model and optimizer state laid out on the mesh by the run's rules."""
+    from ankh3.sharding import shard_model
+    from ankh3.train import init_state
+
+    shard_model(pieces.model, pieces.mesh, sharding_rules(config))
+    return init_state(pieces.model, tx, pieces.mesh)
 
 
 def write_pretrain_artifacts(tracker, workdir: str, task_names, result, config) -> None:
@@ -217,7 +259,6 @@ def restore_for_downstream(config, workdir: str, pieces: Pieces, out: TextIO) ->
 
     from ankh3.checkpoint import Checkpointer
     from ankh3.optimizer import OptimizerSpec, make_optimizer
-    from ankh3.train import init_state
 
     checkpointer = Checkpointer(os.path.join(workdir, names.CHECKPOINTS), keep=config.train.keep_checkpoints)
     if checkpointer.latest_step() is None:
@@ -226,7 +267,7 @@ def restore_for_downstream(config, workdir: str, pieces: Pieces, out: TextIO) ->
         raise ConfigError(f"--mode=downstream: no checkpoint in {workdir}/{names.CHECKPOINTS}; pretrain first "
                           "(--mode=pretrain) or pass --workdir of a trained run or --config.init_from=DIR")
     tx, _ = make_optimizer(OptimizerSpec.from_config(config.optimizer, config.train.steps))
-    _, state = init_state(pieces.model, tx)
+    _, state = sharded_state(config, pieces, tx)  # the checkpoint's layout, also across processes
     state, _ = checkpointer.restore(None, state)
     checkpointer.close()
     nnx.update(pieces.model, state["params"])
@@ -266,6 +307,23 @@ def downstream(config, workdir: str, tracker, pieces: Pieces, encoder_id: str, o
     return results
 
 
+def gather_to_local(model) -> None:
+    """Replaces the model's arrays, laid out over every process's devices, by whole copies on this
+    process's first device (a collective: every process calls it). Probes then run on one host."""
+    import jax
+    from flax import nnx
+    from jax.experimental import multihost_utils
+
+    def whole(x):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(whole(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            x = multihost_utils.process_allgather(x, tiled=True)
+        return jax.device_put(x, jax.local_devices()[0])
+
+    nnx.update(model, jax.tree.map(whole, nnx.state(model)))
+
+
 def write_summary(tracker, workdir: str, metrics: dict, results: list) -> None:
     """summary.json (pretraining metrics and every probe's metrics) as an artifact. The probes' metrics
     live on their child runs only ('TASK/SOURCE'), so the parent's metrics tab opens on its curves."""
@@ -302,10 +360,26 @@ def run(config, workdir: str, mode: str = "all", hooks: Hooks | None = None) -> 
     its last checkpoint and its MLflow run. A signal (SIGTERM, SIGINT) saves a checkpoint and returns
     with `stopped_by` set; RunPruned from `hooks.on_eval` ends the run KILLED and propagates.
     """
-    import jax
+    from ankh3 import distributed
 
     hooks = hooks or Hooks()
-    check_single_process(jax.process_count())
+    if not distributed.multi_process():
+        return _run(config, workdir, mode, hooks)
+    if not distributed.is_main():
+        hooks = dataclasses.replace(hooks, out=open(os.devnull, "w"))
+    try:
+        result = _run(config, workdir, mode, hooks)
+    except Exception as e:  # noqa: BLE001 -- a collective that failed because a peer died
+        if distributed.is_peer_failure(e):
+            distributed.peer_lost(str(e).strip().splitlines()[0])
+        raise
+    distributed.barrier("run-finished", 7 * 24 * 3600)  # the others wait for process 0's probes
+    return result
+
+
+def _run(config, workdir: str, mode: str, hooks: Hooks) -> RunResult:
+    from ankh3 import distributed
+
     start = time.monotonic()
     os.makedirs(workdir, exist_ok=True)
     pieces = build_pieces(config)
@@ -318,6 +392,7 @@ def run(config, workdir: str, mode: str = "all", hooks: Hooks | None = None) -> 
     log_config(tracker, config, tracker.workdir)
     if hooks.on_start is not None:
         hooks.on_start(tracker)
+    distributed.barrier("tracking-started")  # process 0 opened the store; all reach the first collective together
     metrics, results = {}, []
     try:
         if mode in ("pretrain", "all"):
@@ -332,12 +407,16 @@ def run(config, workdir: str, mode: str = "all", hooks: Hooks | None = None) -> 
         else:
             step = restore_for_downstream(config, workdir, pieces, hooks.out)
         if mode in ("downstream", "all"):
-            encoder_id = f"{config.init_from or workdir}@step{step}"
-            results = downstream(config, workdir, tracker, pieces, encoder_id, hooks.out)
+            if distributed.multi_process():
+                gather_to_local(pieces.model)
+            if distributed.is_main():
+                encoder_id = f"{config.init_from or workdir}@step{step}"
+                results = downstream(config, workdir, tracker, pieces, encoder_id, hooks.out)
     except BaseException as e:
         tracker.end("KILLED" if isinstance(e, (KeyboardInterrupt, RunPruned)) else "FAILED")
         raise
-    write_summary(tracker, workdir, metrics, results)
+    if distributed.is_main():
+        write_summary(tracker, workdir, metrics, results)
     if not tracker.end("FINISHED"):
         print(f"MLflow store unreachable: metrics kept in {tracker.workdir}/{names.JOURNAL}; send them later with "
               f"python launch/run.py --sync_workdir={tracker.workdir}", file=hooks.out, flush=True)

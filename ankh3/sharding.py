@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Sequence
 
 import jax
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 from flax import nnx
 
@@ -110,11 +111,22 @@ def state_shardings(tree, mesh, rules=RULES):
     )
 
 
+def place(x, sharding):
+    """jax.device_put(x, sharding), also when the sharding spans other processes' devices: every
+    process then holds the same whole value (same seed) and contributes the shards it owns."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(place(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
+    value = np.asarray(jax.device_get(x))
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
 def shard_model(module, mesh, rules=RULES):
     """Place every variable of a module (model or optimizer) on the mesh, in place; returns it."""
     state = nnx.state(module)
     shardings = state_shardings(state, mesh, rules)
-    nnx.update(module, jax.device_put(state, shardings))
+    nnx.update(module, jax.tree.map(place, state, shardings))
     return module
 
 
@@ -131,8 +143,15 @@ def init_sharded(make: Callable[[], Any], mesh, rules=RULES):
 
 
 def shard_batch(batch, mesh, rules=RULES):
-    """Put a batch (dict of arrays, batch first) on the mesh, split over the batch axis."""
+    """Put a batch (dict of arrays, batch first) on the mesh, split over the batch axis.
+
+    With several JAX processes, `batch` is this process's share (its consecutive rows of the global
+    batch) and the result is the global array assembled from every process's share.
+    """
     def put(x):
+        if jax.process_count() > 1:
+            spec = logical_to_spec(("batch",) + (None,) * (x.ndim - 1), rules)
+            return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), x)
         spec = _fit_spec(logical_to_spec(("batch",) + (None,) * (x.ndim - 1), rules), x.shape, mesh)
         return jax.device_put(x, NamedSharding(mesh, spec))
     return jax.tree.map(put, batch)

@@ -23,7 +23,7 @@ from flax import nnx
 from ankh3.errors import EXIT_NONFINITE, UserError
 from ankh3.names import HISTORY
 from ankh3.objectives import mixture_name
-from ankh3.sharding import shard_batch
+from ankh3.sharding import place as place_on, shard_batch
 from ankh3.tokenizer import RESIDUES, Tokenizer
 
 BATCH_KEYS = ("encoder_tokens", "decoder_inputs", "decoder_targets", "decoder_weights", "task")
@@ -129,7 +129,7 @@ def replicate_loose(tree, mesh):
 
     def place(x):
         if isinstance(x, jax.Array) and not (isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh):
-            return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
+            return place_on(x, NamedSharding(mesh, PartitionSpec()))  # also across processes
         return x
 
     return jax.tree.map(place, tree)
@@ -177,7 +177,9 @@ def make_eval_step(graphdef, num_tasks: int, residues: Sequence[int] | None = No
 
 
 def device_batch(batch: dict, mesh) -> dict:
-    """The model's columns of a numpy batch, placed on the mesh (split over the batch axis)."""
+    """The model's columns of this process's numpy batch, as the global batch on the mesh (split over
+    the batch axis). With several processes, each passes its own share (its rows of the global batch,
+    in process order) and the result is one array over all hosts."""
     arrays = {k: np.asarray(batch[k]) for k in BATCH_KEYS}
     return shard_batch(arrays, mesh) if mesh is not None else jax.device_put(arrays)
 

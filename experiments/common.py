@@ -151,6 +151,7 @@ def ankh3_recipe(shape: str = "tiny", family: str = "base", variant: str | None 
         min_residues=8,  # shorter sequences are skipped
         worker_count=0,  # Grain worker processes; 0 reads in the main process
         on_invalid="x",  # residues outside the vocabulary become X
+        host_shards=0,  # input shards of the global batch, 0 = one per JAX process (N: what N hosts would see)
     ))
 
     c.objectives = ml_collections.ConfigDict(dict(
@@ -173,7 +174,9 @@ def ankh3_recipe(shape: str = "tiny", family: str = "base", variant: str | None 
         keep_checkpoints=3,
         progress_every_s=5.0,  # terminal progress line at most this often
     ))
-    c.mesh = ml_collections.ConfigDict(dict(model=1))  # data parallel over the remaining devices
+    # Data parallel over the devices that `model` leaves; fsdp also splits parameters and optimizer state
+    # over `data`. device_memory_gb: the accelerator memory --dry_run checks the plan against (0 = the table).
+    c.mesh = ml_collections.ConfigDict(dict(model=1, fsdp=False, device_memory_gb=0.0))
 
     c.tracking = ml_collections.ConfigDict(dict(
         uri="",  # '' = MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db

@@ -5,6 +5,7 @@
     python launch/run.py --config=experiments/base.py --dry_run             # config, size and token budget
     python launch/run.py --config=experiments/base.py --mode=downstream     # probe a workdir's checkpoint
     python launch/run.py --sync_workdir=runs/base/ankh3-s0                  # send an offline run to MLflow
+    python launch/run.py --config=... --coordinator=HOST:PORT --num_processes=2 --process_id=0  # one of 2 hosts
 
 Re-running the same command with the same --workdir resumes from its last checkpoint. Flag parsing
 and one call of ankh3.experiment; bad input ends with one `error:` line and exit status 2, a diverged
@@ -29,6 +30,13 @@ flags.DEFINE_string("workdir", None, "checkpoints, logs and artifacts (default r
 flags.DEFINE_enum("mode", "all", RUN_MODES, "pretrain, downstream (probe a checkpoint), or all (both)")
 flags.DEFINE_bool("dry_run", False, "print the resolved config, parameter count and token budget; then exit")
 flags.DEFINE_string("sync_workdir", None, "send a workdir's offline-journaled metrics to the MLflow store; then exit")
+flags.DEFINE_integer("dry_run_devices", None, "--dry_run: plan memory for a mesh of this many devices "
+                     "(default config.mesh.devices, else this machine's)")
+# One run over several processes (hosts). On SLURM (srun) and Cloud TPU VM pods JAX finds these itself.
+flags.DEFINE_string("coordinator", None, "multi-process run: HOST:PORT of process 0 (the same on every process)")
+flags.DEFINE_integer("num_processes", None, "multi-process run: how many processes take part")
+flags.DEFINE_integer("process_id", None, "multi-process run: this process's index, 0..num_processes-1")
+flags.DEFINE_integer("heartbeat_timeout_s", 100, "multi-process run: a process silent this long counts as dead")
 FLAGS = flags.FLAGS
 
 
@@ -50,8 +58,11 @@ def main(argv: list[str]) -> None:
             fail("no --config given; e.g. --config=experiments/base.py (see experiments/ for the families)")
         experiment.resolve(config)
         if FLAGS.dry_run:
-            print(experiment.dry_run_report(config), flush=True)
+            print(experiment.dry_run_report(config, FLAGS.dry_run_devices), flush=True)
             return
+        from ankh3 import distributed
+
+        distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id, FLAGS.heartbeat_timeout_s)
         workdir = os.path.abspath(FLAGS.workdir or experiment.default_workdir(config))
         result = experiment.run(config, workdir, FLAGS.mode)
         sys.exit(result.exit_code)

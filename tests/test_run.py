@@ -200,6 +200,9 @@ def test_each_host_reads_its_own_records_and_its_share_of_the_batch(tmp_path):
     assert runner.build_data(config, tok, mixture)[1][0]["encoder_tokens"].shape[0] == 8  # one process: all of it
     with pytest.raises(ConfigError, match="batch_size=8 is the global batch .* multiple of 3"):
         runner.build_data(config, tok, mixture, process_index=0, process_count=3)
-    with pytest.raises(ConfigError, match="one of 2 JAX processes"):
-        runner.check_single_process(2)
-    runner.check_single_process(1)
+    # One process reading two input shards sees the two hosts' shares side by side.
+    config.data.host_shards = 2
+    whole = next(runner.build_data(config, tok, mixture)[0])
+    shares = [next(runner.build_data(config, tok, mixture, process_index=i, process_count=2)[0]) for i in (0, 1)]
+    for key in whole:
+        np.testing.assert_array_equal(whole[key], np.concatenate([shares[0][key], shares[1][key]]))
