@@ -55,20 +55,28 @@ class RunResult:
 
 
 # ---- configuration ---------------------------------------------------------------------------------
-def resolve(config) -> None:
+def resolve(config, workdir: str | None = None) -> None:
     """Applies defaults that depend on the command line (budget after overrides, data paths) and
-    checks everything that can be checked before any work starts."""
+    checks everything that can be checked before any work starts: the settings, the paths and the
+    workdir (default: the experiment's; `run` checks it again)."""
     from ankh3.config import check_config, record_budget, resolve_path
+    from ankh3.preflight import check_settings
+    from ankh3.workdir_check import check_usable
 
     if config.tracking.experiment == "":
         config.tracking.experiment = config.family
     record_budget(config)
     check_config(config)
+    check_settings(config)
     for key in ("train", "valid"):
         config.data[key] = resolve_path(config.data[key], names.REPO_ROOT)
         check_readable(config.data[key], f"config.data.{key}")
     if config.init_from:
         config.init_from = resolve_path(config.init_from, names.REPO_ROOT)
+        if not os.path.isdir(config.init_from):
+            raise ConfigError(f"config.init_from: {config.init_from} is not a directory; point it at a directory "
+                              "written by python -m ankh3.convert")
+    check_usable(workdir or default_workdir(config))
 
 
 def check_readable(path: str, key: str) -> None:
@@ -304,11 +312,19 @@ def run(config, workdir: str, mode: str = "all", hooks: Hooks | None = None) -> 
     """
     import jax
 
+    from ankh3.workdir_check import check_same_config, check_usable
+
     hooks = hooks or Hooks()
     check_single_process(jax.process_count())
     start = time.monotonic()
-    os.makedirs(workdir, exist_ok=True)
+    check_usable(workdir)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--workdir {workdir} cannot be created ({e.strerror}); pass another --workdir") from None
     pieces = build_pieces(config)
+    if mode != "downstream":  # probes may use other settings; a checkpoint of another model fails to restore
+        check_same_config(workdir, config)
     if mode == "downstream":
         tracker = make_tracker(config, os.path.join(workdir, names.DOWNSTREAM),
                                names.downstream_run_name(config.variant, config.seed), mode)

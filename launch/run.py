@@ -48,11 +48,12 @@ def main(argv: list[str]) -> None:
         config = _CONFIG.value
         if config is None:
             fail("no --config given; e.g. --config=experiments/base.py (see experiments/ for the families)")
-        experiment.resolve(config)
+        workdir = os.path.abspath(FLAGS.workdir) if FLAGS.workdir else None
+        experiment.resolve(config, workdir)
         if FLAGS.dry_run:
             print(experiment.dry_run_report(config), flush=True)
             return
-        workdir = os.path.abspath(FLAGS.workdir or experiment.default_workdir(config))
+        workdir = workdir or os.path.abspath(experiment.default_workdir(config))
         result = experiment.run(config, workdir, FLAGS.mode)
         sys.exit(result.exit_code)
 
