@@ -186,12 +186,29 @@ def pretrain(config, workdir: str, tracker, pieces: Pieces, hooks: Hooks):
                 state=state, train_step=train_step, eval_step=eval_step, batches=batches, eval_batches=eval_device,
                 task_names=task_names, settings=settings, mesh=pieces.mesh, checkpointer=checkpointer,
                 data_state=batches.get_state, tracker=tracker, guard=guard, schedule=schedule, workdir=workdir,
-                out=hooks.out, on_eval=hooks.on_eval)
+                out=hooks.out, on_eval=hooks.on_eval, on_log=health_monitor(config, pieces, tracker, hooks.out))
     finally:
         checkpointer.close()  # lets pending asynchronous saves finish, whatever happened
     nnx.update(pieces.model, result.state["params"], result.state["rest"])
     write_pretrain_artifacts(tracker, workdir, task_names, result, config)
     return result
+
+
+def health_monitor(config, pieces: Pieces, tracker, out: TextIO) -> Callable[[int, dict], None]:
+    """The loop's per-log callback: a run that is not learning (loss at chance, zero gradient) is said
+    on stderr (and the progress stream), as the run's `health` tag and as the metric health/not_learning."""
+    from ankh3.health import TAG, HealthCheck
+
+    check = HealthCheck(pieces.model_cfg.vocab_size, after_step=int(config.optimizer.warmup_steps))
+
+    def on_log(step: int, metrics: dict) -> None:
+        for warning in check.observe(step, metrics):
+            for stream in {sys.stderr, out}:
+                print(f"WARNING: {warning}", file=stream, flush=True)
+            tracker.set_tags({TAG: warning})
+            tracker.log_metrics(step, {"health/not_learning": 1.0})
+
+    return on_log
 
 
 def write_pretrain_artifacts(tracker, workdir: str, task_names, result, config) -> None:
@@ -362,11 +379,12 @@ def run(config, workdir: str, mode: str = "all", hooks: Hooks | None = None) -> 
     return result
 
 
-def sync(workdir: str) -> None:
-    """Sends a workdir's journaled (offline) tracking events to its store."""
+def sync(workdir: str, uri: str | None = None) -> None:
+    """Sends a workdir's journaled (offline) tracking events to the store the run recorded, or to `uri`
+    when given (an explicit choice: MLFLOW_TRACKING_URI serves only a run that recorded no store)."""
     from ankh3.tracking import TrackingError, sync_workdir
 
-    left = sync_workdir(os.path.abspath(workdir), os.environ.get("MLFLOW_TRACKING_URI"))
+    left = sync_workdir(os.path.abspath(workdir), uri, fallback_uri=os.environ.get("MLFLOW_TRACKING_URI"))
     if left:
         error = TrackingError(f"{left} journaled events of {workdir} could not be sent; is the store reachable? "
                               "Try again later")

@@ -29,6 +29,7 @@ flags.DEFINE_string("workdir", None, "checkpoints, logs and artifacts (default r
 flags.DEFINE_enum("mode", "all", RUN_MODES, "pretrain, downstream (probe a checkpoint), or all (both)")
 flags.DEFINE_bool("dry_run", False, "print the resolved config, parameter count and token budget; then exit")
 flags.DEFINE_string("sync_workdir", None, "send a workdir's offline-journaled metrics to the MLflow store; then exit")
+flags.DEFINE_string("sync_to", None, "with --sync_workdir: send to this tracking URI instead of the run's recorded store")
 FLAGS = flags.FLAGS
 
 
@@ -42,7 +43,7 @@ def main(argv: list[str]) -> None:
         from ankh3 import experiment
 
         if FLAGS.sync_workdir:
-            experiment.sync(FLAGS.sync_workdir)
+            experiment.sync(FLAGS.sync_workdir, FLAGS.sync_to)
             print(f"synced {FLAGS.sync_workdir}", flush=True)
             return
         config = _CONFIG.value
