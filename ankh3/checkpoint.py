@@ -19,6 +19,7 @@ from ankh3.errors import UserError
 
 STATE_ITEM, DATA_ITEM = "state", "data"
 log = logging.getLogger(__name__)
+_DAMAGE_MARKERS = ("DATA_LOSS", "NOT_FOUND", "OUT_OF_RANGE")  # tensorstore's words for files cut short or missing
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -86,6 +87,8 @@ class Checkpointer:
                 DATA_ITEM: ocp.args.JsonRestore(),
             }))
         except (ValueError, KeyError, TypeError) as e:
+            if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)) or any(m in str(e) for m in _DAMAGE_MARKERS):
+                raise  # damage, not another model: restore() falls back or says the checkpoints cannot be read
             raise CheckpointError(
                 f"checkpoint {self.directory}/{step} does not match this run's model or optimizer "
                 f"({first_line(e)}); use a new --workdir or the config the checkpoint was written with") from None

@@ -25,6 +25,8 @@ def check_settings(config) -> None:
     mixture = build_mixture(config.objectives, config.mixture_granularity)
     tokenizer = Tokenizer.default(cfg.vocab_size)
     for name, entry in config.objectives.items():
+        if float(entry.get("weight", 0.0)) < 0:  # build_mixture skips weights <= 0: a typo would vanish silently
+            raise ConfigError(f"config.objectives.{name}.weight={entry.weight} must be >= 0 (0 leaves it out)")
         if float(entry.get("weight", 0.0)) > 0 and entry.get("task_token") not in tokenizer.pieces:
             raise ConfigError(f"config.objectives.{name}.task_token={entry.get('task_token')!r} is not a token of the "
                               "vocabulary; use '[NLU]' or '[S2S]'")
