@@ -37,11 +37,9 @@ def report_count(request):
     yield
     line = (f"reliability: {sum(TRIED.values())} bad inputs tried "
             f"({', '.join(f'{k} {v}' for k, v in sorted(TRIED.items()))})")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
-    else:
-        print(line)
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        print("\n" + line, flush=True)
 
 
 def assert_one_line(code: int, stderr: str, expected_code: int, *expected: str) -> str:
