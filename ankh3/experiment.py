@@ -138,12 +138,22 @@ def make_tracker(config, workdir: str, name: str, mode: str):
 
 
 def log_config(tracker, config, workdir: str) -> None:
-    from ankh3.tracking import flatten
+    """config.json and the params. A resumed run may have changed a few keys (a longer train.steps):
+    MLflow keeps a param's first value, so those go to the tag `changed_on_resume` instead."""
+    from ankh3.tracking import flatten, param_values
+    from ankh3.workdir_check import recorded_config
 
     path = os.path.join(workdir, names.CONFIG_FILE)
+    before = param_values(recorded_config(workdir) or {})
+    params = flatten(config.to_dict())
+    now = param_values(params)
+    changed = sorted(k for k in now if k in before and before[k] != now[k])
+    if changed:
+        tracker.set_tags({"changed_on_resume": "; ".join(f"{k}: {before[k]} -> {now[k]}" for k in changed)})
+        params = {k: v for k, v in params.items() if k not in changed}
     with open(path, "w") as f:
         f.write(config.to_json_best_effort(indent=1))
-    tracker.log_params(flatten(config.to_dict()))
+    tracker.log_params(params)
     tracker.log_artifact(path)
 
 
@@ -196,16 +206,17 @@ def pretrain(config, workdir: str, tracker, pieces: Pieces, hooks: Hooks):
 
 def health_monitor(config, pieces: Pieces, tracker, out: TextIO) -> Callable[[int, dict], None]:
     """The loop's per-log callback: a run that is not learning (loss at chance, zero gradient) is said
-    on stderr (and the progress stream), as the run's `health` tag and as the metric health/not_learning."""
+    in the terminal (the progress stream, and stderr when that is a file), as the run's `health` tag and as
+    the metric health/not_learning."""
     from ankh3.health import TAG, HealthCheck
 
     check = HealthCheck(pieces.model_cfg.vocab_size, after_step=int(config.optimizer.warmup_steps))
 
     def on_log(step: int, metrics: dict) -> None:
         for warning in check.observe(step, metrics):
-            for stream in {sys.stderr, out}:
+            for stream in (out,) if out is sys.stdout else (out, sys.stderr):  # the terminal sees it once
                 print(f"WARNING: {warning}", file=stream, flush=True)
-            tracker.set_tags({TAG: warning})
+            tracker.set_tags({TAG: "; ".join(check.warned.values())})
             tracker.log_metrics(step, {"health/not_learning": 1.0})
 
     return on_log

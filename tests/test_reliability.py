@@ -584,3 +584,24 @@ def test_second_signal_is_one_line(capsys):
             raise KeyboardInterrupt
     TRIED["signal"] += 1
     assert_one_line(exit_.value.code, capsys.readouterr().err, 128 + signal.SIGINT, "interrupted")
+
+
+def test_a_longer_run_records_the_change_instead_of_losing_it(tmp_path, caplog):
+    from mlflow import MlflowClient
+
+    from ankh3.experiment import log_config
+    from ankh3.tracking import Tracker
+
+    uri, workdir = f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "w")
+    first = Tracker(uri, "fam", "v-s0", workdir).start()
+    log_config(first, _config(), workdir)
+    first.end("KILLED")
+    second = Tracker(uri, "fam", "v-s0", workdir).start()
+    with caplog.at_level(logging.WARNING, "ankh3.tracking"):
+        log_config(second, _config(train__steps=2400), workdir)
+        assert second.end()
+    run = MlflowClient(tracking_uri=uri).get_run(second.run_id)
+    assert run.data.params["train.steps"] == "1200"  # MLflow keeps a param's first value...
+    assert "train.steps: 1200 -> 2400" in run.data.tags["changed_on_resume"]  # ...so the change is a tag
+    assert not [r for r in caplog.records if "refused" in r.getMessage()]
+    assert json.load(open(os.path.join(workdir, names.CONFIG_FILE)))["train"]["steps"] == 2400
