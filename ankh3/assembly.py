@@ -31,7 +31,7 @@ def build_model(config):
 
     cfg = model_config(config.model, jax.default_backend())
     if config.init_from:
-        from ankh3.convert import load_pretrained_dir
+        from ankh3.hf_checkpoint import load_pretrained_dir
 
         # The checkpoint fixes the architecture; the run still picks how it computes.
         runtime = {k: getattr(cfg, k) for k in ("dtype", "remat", "attention", "dropout_rate", "scan_unroll")}
@@ -43,7 +43,7 @@ def build_model(config):
             from ankh3.checkpoint import first_line
 
             raise ConfigError(f"config.init_from: {config.init_from} cannot be read ({first_line(e)}); it is damaged "
-                              "or cut short: write it again with python -m ankh3.convert") from None
+                              "or cut short: write it again with python -m ankh3.hf_checkpoint") from None
     return cfg, T5(cfg, rngs=nnx.Rngs(config.seed)), Tokenizer.default(cfg.vocab_size)
 
 

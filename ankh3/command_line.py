@@ -6,9 +6,11 @@ started), 3 training diverged; a run stopped by a signal exits 128 + the signal'
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import signal
 import sys
+from collections.abc import Sequence
 
 from ankh3.errors import ERROR_PREFIX, EXIT_USAGE, UserError, one_line
 
@@ -132,3 +134,18 @@ def unknown_override(argv: list[str]) -> str | None:
         if why:
             return f"unknown config key '{key}' in {arg.split('=', 1)[0]}: {why}"
     return None
+
+
+# ---- argparse, for the library's `python -m` converters ----------------------------------------------
+class ArgumentParser(argparse.ArgumentParser):
+    """Usage errors end as one `error: ...` line and exit EXIT_USAGE (argparse prints two lines)."""
+
+    def error(self, message: str):
+        fail(f"{message}; see {self.prog} --help")
+
+
+def command_parser(prog: str, doc: str, examples: Sequence[str]) -> ArgumentParser:
+    """A parser whose --help shows the flags, then the module docstring's first paragraph, then `examples`."""
+    return ArgumentParser(prog=prog, description=doc.strip().split("\n\n")[0],
+                          epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -75,7 +75,7 @@ def resolve(config, workdir: str | None = None) -> None:
         config.init_from = resolve_path(config.init_from, names.REPO_ROOT)
         if not os.path.isdir(config.init_from):
             raise ConfigError(f"config.init_from: {config.init_from} is not a directory; point it at a directory "
-                              "written by python -m ankh3.convert")
+                              "written by python -m ankh3.hf_checkpoint")
     check_usable(workdir or default_workdir(config))
 
 

@@ -63,7 +63,7 @@ def make_hf_encode_fn(cfg, model, tokenizer):
     import torch
     from transformers import T5Config, T5EncoderModel
 
-    from ankh3.convert import flat_to_hf, hf_config_from_model
+    from ankh3.hf_checkpoint import flat_to_hf, hf_config_from_model
     from ankh3.model import flat_params
 
     hf = T5EncoderModel(T5Config(**hf_config_from_model(cfg, tokenizer))).eval()

@@ -104,7 +104,7 @@ def ankh3_recipe(shape: str = "tiny", family: str = "base", variant: str | None 
     c.model = model_section(shape)
     c.model.remat = size["remat"]
     c.model.dtype = size["compute_dtype"]  # auto: bfloat16 on accelerators, float32 on CPU; params stay float32
-    c.init_from = ""  # a directory written by ankh3.convert to start from published weights
+    c.init_from = ""  # a directory written by ankh3.hf_checkpoint to start from published weights
 
     c.data = ml_collections.ConfigDict(dict(
         train="data/pretrain/train.fasta.xz",

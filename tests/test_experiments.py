@@ -1,18 +1,28 @@
 """Experiment families: every variant builds, variants differ only where the ablation says, at equal compute."""
 import importlib
+import pathlib
 
 import pytest
 
 from ankh3.config import ConfigError, build_mixture, model_config
+from experiments.common import RUN_SIZES
 
-FAMILIES = {
-    "base": ("tiny", "small", "ankh3_large", "ankh3_xl"),
-    "ablate_tasks": ("mlm_only", "completion_only", "both"),
-    "ablate_completion": ("0.25", "0.5", "0.75", "variable"),
-    "ablate_xdenoiser": ("off", "on"),
-    "ablate_masking": ("0.15", "0.15,0.3", "0.15,0.2,0.3/3"),
-    "ablate_prefix": ("nlu", "s2s"),
-}
+EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
+
+
+def _families() -> tuple[str, ...]:
+    """Every experiments file that declares VARIANTS (a family); sweep specs and common.py do not."""
+    names = sorted(p.stem for p in EXPERIMENTS.glob("*.py") if p.stem not in ("__init__", "common"))
+    return tuple(n for n in names if hasattr(importlib.import_module(f"experiments.{n}"), "VARIANTS"))
+
+
+ALL_FAMILIES = _families()
+
+
+def variant_args(family: str) -> tuple[str, ...]:
+    """The ARGs to build: the family's VARIANTS; for base (whose ARG is the shape) every shape too."""
+    variants = tuple(importlib.import_module(f"experiments.{family}").VARIANTS)
+    return variants + tuple(f"{variants[0]}@{shape}" for shape in RUN_SIZES) if family == "base" else variants
 
 
 def get_config(family, arg):
@@ -25,9 +35,9 @@ def compute(c):
             c.optimizer.grad_accum, c.budget.total_tokens, c.model.shape, c.seed)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_variants_build_and_share_data_steps_and_batch_shape(family):
-    configs = [get_config(family, arg) for arg in FAMILIES[family]]
+    configs = [get_config(family, arg) for arg in variant_args(family)]
     for c in configs:
         assert c.family == family
         build_mixture(c.objectives, c.mixture_granularity)
@@ -74,10 +84,6 @@ def test_ablations_change_what_they_name():
     assert masking.noise_density == (0.15, 0.3) and masking.mean_span_length == 3.0
     assert get_config("ablate_prefix", "s2s").downstream.prefix == "[S2S]"
     assert get_config("ablate_prefix", "nlu").downstream.prefix == "[NLU]"
-
-
-ALL_FAMILIES = ("base", "ablate_tasks", "ablate_completion", "ablate_xdenoiser", "ablate_masking", "ablate_prefix",
-                "paper")
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)

@@ -1,4 +1,5 @@
 """Tests for ankh3/data/fasta.py: the streaming FASTA reader."""
+import collections
 import gzip
 import inspect
 import lzma
@@ -54,6 +55,12 @@ def test_windows_line_endings(tmp_path):
         (">A\nMK\n>LAST\n\n", 3, ["'LAST'", "no residues"]),  # empty record at the end
         ("MKV\n>A\nMK\n", 1, ["before the first header"]),  # residues with no header
         (">A\nMK\n>  \nMK\n", 3, ["empty FASTA header"]),
+        (">ok\nMKV\n>bad\nMKV1#Q\n", 4, ["record 'bad'", "'1' at residue 4", "not an amino-acid letter"]),
+        (">gap\nMKV\nQR-ST\n", 3, ["record 'gap'", "'-' at residue 6"]),  # position counts earlier lines
+        (">mid\nMK*VL\n", 2, ["record 'mid'", "'*' at residue 3"]),
+        (">mid\nMKV*\nLLL\n", 2, ["record 'mid'", "'*' at residue 4, before its end"]),
+        (">dot\nMK.VL\n", 2, ["'.' at residue 3"]),
+        (">utf\nMKÅV\n", 2, ["'Å' at residue 3"]),
     ],
 )
 def test_bad_fasta_names_file_line_and_record(tmp_path, text, line, words):
@@ -98,3 +105,21 @@ def test_long_sequence_over_many_lines(tmp_path):
     lines = "\n".join(sequence[i : i + 60] for i in range(0, len(sequence), 60))
     path = write(tmp_path / "long.fa.xz", f">L\n{lines}\n", lzma.open)
     assert list(read_fasta(path)) == [Record("L", sequence)]
+
+
+def test_terminal_stop_is_stripped_and_letters_of_any_case_kept(tmp_path):
+    path = write(tmp_path / "stop.fa", ">A\nMKV\nLQ*\n>B\nmkv*\n>C grouped\nMKV LLQ\n")
+    assert list(read_fasta(path)) == [Record("A", "MKVLQ"), Record("B", "mkv"), Record("C", "MKVLLQ", "grouped")]
+
+
+def test_nonstandard_residues_are_counted_by_letter(tmp_path):
+    path = write(tmp_path / "odd.fa", TEXT + ">P4\nMKXXbJ\n")
+    counts = collections.Counter()
+    assert len(list(read_fasta(path, counts))) == 4
+    assert counts == {"X": 3, "U": 1, "B": 2, "Z": 1, "O": 1, "J": 1}
+
+
+def test_bundled_pretraining_data_reads():
+    counts = collections.Counter()
+    assert sum(1 for _ in read_fasta("data/pretrain/valid.fasta.xz", counts)) == 1490
+    assert set(counts) <= set("XBZUOJ") and counts["X"] > 0

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from ankh3 import convert  # noqa: E402
+from ankh3 import hf_checkpoint  # noqa: E402
 from ankh3.model import T5, load_flat_params  # noqa: E402
 from ankh3.tokenizer import RESIDUES, Tokenizer  # noqa: E402
 
@@ -54,7 +54,7 @@ def checkpoints(tmp_path_factory):
         hf_model = build_hf_model(proj, tied, seed)
         hf_model.save_pretrained(path)
         build_hf_tokenizer().save_pretrained(path)
-        cfg, flat, tok = convert.import_hf(path)
+        cfg, flat, tok = hf_checkpoint.import_hf(path)
         ours = load_flat_params(T5(cfg, rngs=nnx.Rngs(0)), flat)
         out[name] = (hf_model, path, ours, tok)
     return out
@@ -120,8 +120,8 @@ def test_greedy_generation_matches_transformers(checkpoints, batch, variant):
 def test_export_reloads_in_transformers(checkpoints, batch, tmp_path):
     hf_model, src, ours, _ = checkpoints["silu_untied"]
     tokens, mask, decoder_inputs = batch
-    cfg, flat, _ = convert.import_hf(src)
-    convert.export_hf(cfg, flat, str(tmp_path), src)
+    cfg, flat, _ = hf_checkpoint.import_hf(src)
+    hf_checkpoint.export_hf(cfg, flat, str(tmp_path), src)
     reloaded = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
     assert reloaded.lm_head.weight.data_ptr() != reloaded.shared.weight.data_ptr()
     _, ref_logits = hf_forward(hf_model, tokens, mask, decoder_inputs)
@@ -134,8 +134,8 @@ def test_export_reloads_in_transformers(checkpoints, batch, tmp_path):
 def test_export_of_tied_model_reloads_in_transformers(checkpoints, batch, tmp_path):
     hf_model, src, _, _ = checkpoints["silu_tied"]
     tokens, mask, decoder_inputs = batch
-    cfg, flat, _ = convert.import_hf(src)
-    convert.export_hf(cfg, flat, str(tmp_path), src)
+    cfg, flat, _ = hf_checkpoint.import_hf(src)
+    hf_checkpoint.export_hf(cfg, flat, str(tmp_path), src)
     reloaded = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
     np.testing.assert_array_equal(hf_forward(reloaded, tokens, mask, decoder_inputs)[1],
                                   hf_forward(hf_model, tokens, mask, decoder_inputs)[1])
@@ -178,7 +178,7 @@ def test_sentencepiece_tokenizer_matches_transformers(tmp_path):
 def test_default_tokenizer_export_loads_in_transformers(tmp_path):
     """A model trained with our default vocabulary exports a tokenizer.json HF reads with the same ids."""
     ours = Tokenizer.default(64)
-    convert.write_tokenizer_json(ours, str(tmp_path))
+    hf_checkpoint.write_tokenizer_json(ours, str(tmp_path))
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
     seq = "MKVLAYWC"
     assert hf_tok("[NLU]" + seq).input_ids == [ours.task_id("[NLU]"), *ours.encode(seq).tolist(), ours.eos_id]

@@ -385,10 +385,7 @@ def test_checkpoint_of_another_model_is_one_line_and_kept(two_checkpoints):
 # ---- published weights (init_from) ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pretrained_dir(tmp_path_factory):
-    try:
-        from ankh3 import hf_checkpoint as convert
-    except ImportError:
-        from ankh3 import convert
+    from ankh3 import hf_checkpoint as convert
     from flax import nnx
 
     from ankh3.model import T5, flat_params, get_shape

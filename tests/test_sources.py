@@ -4,7 +4,7 @@ import os
 import grain
 import pytest
 
-from ankh3.data.convert import convert_fasta
+from ankh3.data.arrayrecord import convert_fasta
 from ankh3.data.fasta import Record
 from ankh3.data.sources import (
     ArrayRecordSource, FastaSource, SourceError, decode_record, encode_record, open_source,
@@ -57,7 +57,7 @@ def test_missing_path_names_it(tmp_path):
 
 def test_directory_without_metadata_is_refused(tmp_path):
     (tmp_path / "x.array_record").write_bytes(b"")
-    with pytest.raises(SourceError, match="not a finished conversion.*ankh3.data.convert"):
+    with pytest.raises(SourceError, match="not a finished conversion.*ankh3.data.arrayrecord"):
         open_source(tmp_path)
 
 

@@ -50,7 +50,7 @@ class FastaSource:
 
 
 class ArrayRecordSource:
-    """Records from ArrayRecord shards written by `ankh3.data.convert`, read on demand."""
+    """Records from ArrayRecord shards written by `ankh3.data.arrayrecord`, read on demand."""
 
     def __init__(self, dir_or_paths: str | os.PathLike | Sequence[str | os.PathLike]):
         # Imported here: grain and array_record are heavy and not needed for FASTA-only use.
@@ -87,7 +87,7 @@ def find_shards(dir_or_paths: str | os.PathLike | Sequence[str | os.PathLike]) -
         # The converter writes metadata last, so its absence means the conversion did not finish.
         raise SourceError(
             f"{directory} has no {METADATA_FILE}; it is not a finished conversion: "
-            f"run python -m ankh3.data.convert --fasta=FILE --out={directory}"
+            f"run python -m ankh3.data.arrayrecord --fasta=FILE --out={directory}"
         )
     try:
         with open(meta_path) as f:
@@ -105,7 +105,7 @@ def open_source(path: str | os.PathLike) -> FastaSource | ArrayRecordSource:
     if os.path.isfile(path):
         return FastaSource(path)
     raise SourceError(
-        f"data path {path} does not exist; give a FASTA file or a directory made by python -m ankh3.data.convert"
+        f"data path {path} does not exist; give a FASTA file or a directory made by python -m ankh3.data.arrayrecord"
     )
 
 

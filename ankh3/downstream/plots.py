@@ -44,22 +44,38 @@ def plot_confusion(true, pred, class_names: Sequence[str], path: str, title: str
 
 def plot_contact_maps(true_maps: Sequence[np.ndarray], pred_maps: Sequence[np.ndarray], names: Sequence[str],
                       path: str, max_chains: int = 3) -> str:
-    """Per chain: predicted contact probability above the diagonal, true contacts below it."""
+    """Per chain: predicted contact probability above the diagonal, true contacts below it, one colour bar."""
+    return save_figure(contact_maps_figure(true_maps, pred_maps, names, max_chains), path)
+
+
+def contact_maps_figure(true_maps, pred_maps, names, max_chains: int = 3):
+    """The figure of `plot_contact_maps`, not yet laid out.
+
+    It is taller than the square maps so that tight_layout keeps the two-line titles: with a fixed
+    aspect it sizes the axes by their width and would otherwise push the titles off the top.
+    """
     n = max(1, min(max_chains, len(true_maps)))
-    fig = new_figure(4.0 * n, 4.2)
-    for k in range(n):
-        ax = fig.add_subplot(1, n, k + 1)
-        if k >= len(true_maps):
-            break
+    fig = new_figure(3.6 * n + 0.9, 4.5)
+    axes = [fig.add_subplot(1, n, k + 1) for k in range(n)]
+    image = None
+    for k, ax in enumerate(axes[:len(true_maps)]):
         true = np.asarray(true_maps[k], np.float32)
         pred = np.asarray(pred_maps[k], np.float32)
         upper = np.triu(np.ones_like(pred, bool), 1)
         canvas = np.where(upper, pred, np.where(true < 0, np.nan, true))
-        ax.imshow(canvas, vmin=0, vmax=1, cmap="Greys", interpolation="nearest")
-        ax.set_title(f"{names[k]} (L={len(true)})\nupper: predicted, lower: true", fontsize=8)
+        image = ax.imshow(canvas, vmin=0, vmax=1, cmap="Greys", interpolation="nearest")
+        ax.set_title(f"{_short(names[k])} (L={len(true)})\nupper: predicted, lower: true", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    return save_figure(fig, path)
+    if image is not None:
+        # Inset to the right of the last map: tight_layout counts it, and the maps keep one size.
+        cax = axes[-1].inset_axes([1.05, 0.0, 0.06, 1.0])
+        fig.colorbar(image, cax=cax, label="contact probability (true: 0 or 1)")
+    return fig
+
+
+def _short(name: str, width: int = 24) -> str:
+    return name if len(name) <= width else name[:width - 1] + "\u2026"
 
 
 def plot_scatter(true: Sequence[float], pred: Sequence[float], path: str, title: str = "") -> str:

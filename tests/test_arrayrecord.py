@@ -1,4 +1,4 @@
-"""Tests for ankh3/data/convert.py: FASTA -> ArrayRecord shards, library and command line."""
+"""Tests for ankh3/data/arrayrecord.py: FASTA -> ArrayRecord shards, library and command line."""
 import gzip
 import json
 import lzma
@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from ankh3.data.convert import convert_fasta
+from ankh3.data.arrayrecord import convert_fasta
 from ankh3.data.fasta import FastaError, Record
 from ankh3.data.sources import ArrayRecordSource, SourceError, open_source
 
@@ -36,7 +36,7 @@ def write_fasta(path, records, opener=open):
 
 def run_cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "ankh3.data.convert", *args],
+        [sys.executable, "-m", "ankh3.data.arrayrecord", *args],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
 
@@ -106,14 +106,43 @@ def test_cli_converts_and_prints_a_summary(tmp_path):
     assert len(open_source(tmp_path / "out")) == 20
 
 
-@pytest.mark.parametrize("content", [">A\nMK\n>B\n", "MKV\n", None])
-def test_cli_bad_input_exits_1_with_one_line(tmp_path, content):
+@pytest.mark.parametrize("content", [">A\nMK\n>B\n", "MKV\n", ">bad\nMKV1#Q\n", None])
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, content):
     fasta = tmp_path / "bad.fa"
     if content is not None:
         fasta.write_text(content)
     result = run_cli(f"--fasta={fasta}", f"--out={tmp_path / 'out'}", "--shards=2")
-    assert result.returncode == 1
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert str(fasta) in lines[0]
     assert not os.path.exists(tmp_path / "out" / "metadata.json")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--out=o"], "the following arguments are required: --fasta"),
+    (["--fasta=x.fa", "--out=o", "--shards=many"], "argument --shards: invalid int value: 'many'"),
+    (["--fasta=x.fa", "--out=o", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_cli_bad_usage_exits_2_with_one_line(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"error: {message}; see python -m ankh3.data.arrayrecord --help"]
+
+
+def test_cli_help_lists_flags_and_an_example():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert "--fasta" in result.stdout and "--shards" in result.stdout
+    assert "examples:\n  python -m ankh3.data.arrayrecord --fasta=" in result.stdout
+
+
+def test_nonstandard_residues_are_reported(tmp_path):
+    fasta = write_fasta(tmp_path / "in.fa", [Record("A", "MKXXVU"), Record("B", "BZO*")])
+    result = run_cli(f"--fasta={fasta}", f"--out={tmp_path / 'out'}", "--shards=1")
+    assert result.returncode == 0, result.stderr
+    assert "non-standard: B 1, O 1, U 1, X 2, Z 1" in result.stdout
+    with open(tmp_path / "out" / "metadata.json") as f:
+        assert json.load(f)["nonstandard_residues"] == {"B": 1, "O": 1, "U": 1, "X": 2, "Z": 1}
+    source = open_source(tmp_path / "out")
+    assert sorted(source[i].sequence for i in range(len(source))) == ["BZO", "MKXXVU"]  # the stop stripped

@@ -3,10 +3,12 @@
 `import_hf` reads config.json, the weights (safetensors, sharded or not, or
 pytorch_model.bin when torch is installed) and the tokenizer of a HF directory;
 `save_pretrained_dir` / `load_pretrained_dir` keep the result as an orbax directory the
-runner starts from; `export_hf` writes a directory that `transformers` loads.
+runner starts from; `export_hf` writes a directory that `transformers` loads, and `export_run`
+does so for a run trained here (its workdir), with a model card.
 
-    python -m ankh3.convert --hf_dir=HF_DIR --out=DIR
-    python -m ankh3.convert --to_hf --ckpt=DIR --out=HF_DIR
+    python -m ankh3.hf_checkpoint --hf_dir=HF_DIR --out=DIR
+    python -m ankh3.hf_checkpoint --to_hf --ckpt=WORKDIR [--step=N] --out=HF_DIR   # a trained run, with a model card
+    python -m ankh3.hf_checkpoint --to_hf --ckpt=DIR --out=HF_DIR                  # an imported checkpoint
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import sys
 
 import numpy as np
 
+from ankh3 import names
 from ankh3.errors import UserError
 from ankh3.tokenizer import TokenizeError, Tokenizer
 
@@ -215,15 +218,28 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
             header = json.loads(f.read(n))
     except (OSError, struct.error, ValueError) as e:
         raise ConversionError(f"{path}: not a readable safetensors file ({e})") from None
+    if not isinstance(header, dict):
+        raise ConversionError(f"{path}: not a readable safetensors file (its header is not a JSON object)")
     data = np.memmap(path, np.uint8, mode="r", offset=8 + n) if os.path.getsize(path) > 8 + n else np.zeros(0, np.uint8)
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if info["dtype"] not in dtypes:
-            raise ConversionError(f"{path}: tensor {name!r} has dtype {info['dtype']}, which is not supported")
-        lo, hi = info["data_offsets"]
-        out[name] = np.frombuffer(data[lo:hi], dtypes[info["dtype"]]).reshape(info["shape"])
+        try:
+            dtype, shape, (lo, hi) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise ConversionError(f"{path}: tensor {name!r} has no valid dtype, shape and data_offsets in the "
+                                  "header; the file is corrupt") from None
+        if dtype not in dtypes:
+            raise ConversionError(f"{path}: tensor {name!r} has dtype {dtype}, which is not supported")
+        if hi > len(data):
+            raise ConversionError(f"{path}: tensor {name!r} ends at byte {hi} of the data but the file holds "
+                                  f"{len(data)}; the file is truncated: copy or download it again")
+        try:
+            out[name] = np.frombuffer(data[lo:hi], dtypes[dtype]).reshape(shape)
+        except ValueError as e:
+            raise ConversionError(f"{path}: tensor {name!r} does not match its shape {list(shape)} ({e}); "
+                                  "the file is corrupt") from None
     return out
 
 
@@ -233,7 +249,11 @@ def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
     except ImportError:
         raise ConversionError(f"{path}: reading pytorch_model.bin needs torch; install it or convert the "
                               "checkpoint to model.safetensors") from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- torch raises many kinds for a damaged file
+        raise ConversionError(f"{path}: not a readable pytorch_model.bin ({type(e).__name__}); the file is corrupt "
+                              "or truncated: copy or download it again") from None
     return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
 
 
@@ -404,7 +424,7 @@ def read_pretrained_dir(ckpt_dir: str, **overrides):
     cfg_path = os.path.join(ckpt_dir, MODEL_CONFIG_FILE)
     if not os.path.exists(cfg_path) or not os.path.isdir(os.path.join(ckpt_dir, PARAMS_DIR)):
         raise ConversionError(f"{ckpt_dir}: no {MODEL_CONFIG_FILE} and {PARAMS_DIR}/; pass a directory written "
-                              "by `python -m ankh3.convert --hf_dir=... --out=...`")
+                              "by `python -m ankh3.hf_checkpoint --hf_dir=... --out=...`")
     with open(cfg_path) as f:
         fields = json.load(f)
     try:
@@ -429,7 +449,7 @@ def load_pretrained_dir(ckpt_dir: str, seed: int = 0, **overrides):
         # Not guessed: ids that differ from the training tokenizer's would feed the model wrong tokens.
         raise ConversionError(f"{os.path.abspath(ckpt_dir)}: no tokenizer.json or spiece.model (saved by an older "
                               "version without one); add the tokenizer the weights were trained with, e.g. for a "
-                              "model trained here: python -c \"from ankh3.convert import write_tokenizer_json; "
+                              "model trained here: python -c \"from ankh3.hf_checkpoint import write_tokenizer_json; "
                               f"from ankh3.tokenizer import Tokenizer; write_tokenizer_json(Tokenizer.default("
                               f"{cfg.vocab_size}), '{ckpt_dir}')\"")
     model = T5(cfg, rngs=nnx.Rngs(seed))
@@ -437,32 +457,183 @@ def load_pretrained_dir(ckpt_dir: str, seed: int = 0, **overrides):
     return cfg, model, read_tokenizer(ckpt_dir, cfg.vocab_size)
 
 
-# ---- command line ----------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+# ---- a training run's workdir (launch/run.py) ------------------------------------------
+# The workdir's config (JSON of the resolved ConfigDict) and orbax steps of {state: {step, params, rest,
+# opt_state}, data}, as ankh3.names calls them.
+RUN_CONFIG_FILE, RUN_CHECKPOINTS_DIR = names.CONFIG_FILE, names.CHECKPOINTS
 
-    parser = argparse.ArgumentParser(prog="python -m ankh3.convert", description=__doc__.split("\n\n")[0])
+
+@dataclasses.dataclass
+class RunCheckpoint:
+    """One checkpoint of a training run, read for export: what the model card and the HF files need."""
+
+    workdir: str
+    step: int              # optimizer updates (the checkpoint directory counts micro-batches)
+    config: dict           # WORKDIR/config.json
+    model_cfg: object      # ModelConfig
+    flat: dict             # canonical flat params, numpy float32
+    tokenizer: Tokenizer
+    tokenizer_src: object  # what export_hf copies: the init_from directory, or the Tokenizer itself
+
+
+def is_run_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, RUN_CONFIG_FILE)) and os.path.isdir(os.path.join(path, RUN_CHECKPOINTS_DIR))
+
+
+def read_run_config(workdir: str) -> dict:
+    path = os.path.join(workdir, RUN_CONFIG_FILE)
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConversionError(f"{path}: cannot read the run config ({e}); pass --ckpt=WORKDIR of a run") from None
+    if not isinstance(config, dict) or not {"model", "optimizer"} <= set(config):
+        raise ConversionError(f"{path}: has no model and optimizer sections, so it is not a config written by "
+                              "launch/run.py; pass --ckpt=WORKDIR of a run")
+    return config
+
+
+def _run_manager(workdir: str):
+    import orbax.checkpoint as ocp
+
+    # PyTree (not Standard) handler: it restores a part of the saved tree, here the params alone.
+    return ocp.CheckpointManager(
+        os.path.join(workdir, RUN_CHECKPOINTS_DIR), options=ocp.CheckpointManagerOptions(create=False),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler()})
+
+
+def read_run_params(workdir: str, step: int | None = None, grad_accum: int = 1) -> tuple[int, dict[str, np.ndarray]]:
+    """(optimizer step, canonical flat params) of a run's checkpoint at `step` (default: the latest).
+
+    Only the parameters are read (as numpy), not the optimizer state, so no model or optimizer is built.
+    """
+    import jax
+    import orbax.checkpoint as ocp
+
+    with _run_manager(workdir) as manager:
+        saved = sorted(manager.all_steps())
+        if not saved:
+            raise ConversionError(f"{workdir}/{RUN_CHECKPOINTS_DIR}: no checkpoint; train the run first "
+                                  "(python launch/run.py ... --workdir=WORKDIR)")
+        available = ", ".join(str(s // grad_accum) for s in saved)
+        saved_step = saved[-1] if step is None else step * grad_accum
+        if saved_step not in saved:
+            raise ConversionError(f"{workdir}: no checkpoint at step {step}; it holds steps {available} "
+                                  "(omit --step for the latest)")
+        where = f"{workdir}/{RUN_CHECKPOINTS_DIR}/{saved_step}"
+        try:
+            params = manager.item_metadata(saved_step)["state"]["params"]
+            item = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), params)}
+            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+            restored = manager.restore(saved_step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                item=item, restore_args=restore_args, partial_restore=True)))
+        except Exception as e:  # noqa: BLE001 -- orbax and tensorstore raise many kinds for damaged files
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            others = ", ".join(str(s // grad_accum) for s in saved if s != saved_step)
+            fix = f"pass --step= of another one ({others})" if others else "no other checkpoint is kept"
+            raise ConversionError(f"{where}: cannot read the parameters ({type(e).__name__}: {first}); the "
+                                  f"checkpoint is damaged: {fix}") from None
+    flat = {".".join(str(k.key) for k in path[:-1]): np.asarray(leaf, np.float32)  # path ends in 'value'
+            for path, leaf in jax.tree_util.tree_flatten_with_path(restored["state"]["params"])[0]}
+    return saved_step // grad_accum, flat
+
+
+def run_tokenizer(config: dict, vocab_size: int):
+    """(Tokenizer, what export_hf copies) of a run: its init_from directory's tokenizer, else the default."""
+    init_from = config.get("init_from") or ""
+    if init_from:
+        if not any(os.path.exists(os.path.join(init_from, n)) for n in TOKENIZER_FILES[:2]):
+            raise ConversionError(f"the run started from {init_from}, which no longer holds its tokenizer "
+                                  "(tokenizer.json or spiece.model); restore that directory to export the run")
+        return read_tokenizer(init_from, vocab_size), init_from
+    tok = Tokenizer.default(vocab_size)
+    return tok, tok
+
+
+def read_run(workdir: str, step: int | None = None) -> RunCheckpoint:
+    """A run's workdir (config.json + checkpoints/) -> its checkpoint at `step` (default: the latest)."""
+    from ankh3.config import model_config
+
+    workdir = os.path.abspath(workdir)
+    config = read_run_config(workdir)
+    try:
+        model_cfg = dataclasses.replace(model_config(config["model"]), dtype="float32")
+    except UserError as e:
+        raise ConversionError(f"{workdir}/{RUN_CONFIG_FILE}: {e}") from None
+    grad_accum = int(config["optimizer"].get("grad_accum", 1))
+    step, flat = read_run_params(workdir, step, grad_accum)
+    tokenizer, tokenizer_src = run_tokenizer(config, model_cfg.vocab_size)
+    return RunCheckpoint(workdir, step, config, model_cfg, flat, tokenizer, tokenizer_src)
+
+
+def export_run(workdir: str, out_dir: str, step: int | None = None) -> RunCheckpoint:
+    """A trained run -> a HF directory (config.json, model.safetensors, tokenizer, README.md model card)."""
+    from ankh3.model_card import write_model_card
+
+    run = read_run(workdir, step)
+    check_export_dir(out_dir)
+    export_hf(run.model_cfg, run.flat, out_dir, run.tokenizer_src)
+    write_model_card(out_dir, run)
+    return run
+
+
+def check_export_dir(out_dir: str) -> None:
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConversionError(f"--out={out_dir} is a file; give a directory")
+    if os.path.exists(os.path.join(out_dir, "model.safetensors")):
+        raise ConversionError(f"--out={out_dir} already holds an export (model.safetensors); choose a new "
+                              "directory or delete it")
+
+
+# ---- command line ----------------------------------------------------------------------
+EXAMPLES = (
+    "python -m ankh3.hf_checkpoint --hf_dir=path/to/ankh3-large --out=ckpt/ankh3_large   # HF -> orbax",
+    "python -m ankh3.hf_checkpoint --to_hf --ckpt=runs/base/ankh3-s0 --out=hf/ankh3-s0   # a trained run -> HF",
+    "python -m ankh3.hf_checkpoint --to_hf --ckpt=runs/base/ankh3-s0 --step=400 --out=hf/step400",
+    "python -m ankh3.hf_checkpoint --to_hf --ckpt=ckpt/ankh3_large --out=hf/ankh3_large  # an import, back to HF",
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ankh3.command_line import command_parser, main_guard
+
+    parser = command_parser("python -m ankh3.hf_checkpoint", __doc__, EXAMPLES)
     parser.add_argument("--hf_dir", help="HF T5 checkpoint directory to import")
     parser.add_argument("--to_hf", action="store_true", help="export --ckpt to a HF directory instead")
-    parser.add_argument("--ckpt", help="directory written by an import (with --to_hf)")
+    parser.add_argument("--ckpt", help="with --to_hf: a run's workdir (config.json + checkpoints/) or a "
+                                       "directory written by an import")
+    parser.add_argument("--step", type=int, help="with --to_hf of a run: the checkpoint's step (default: the latest)")
     parser.add_argument("--out", required=True, help="output directory")
     args = parser.parse_args(argv)
-    try:
-        if args.to_hf:
-            if not args.ckpt:
-                raise ConversionError("--to_hf needs --ckpt=DIR (a directory written by an import)")
-            cfg, flat = read_pretrained_dir(args.ckpt)
-            export_hf(cfg, flat, args.out, args.ckpt)
-        else:
-            if not args.hf_dir:
-                raise ConversionError("pass --hf_dir=DIR (a HF T5 checkpoint), or --to_hf --ckpt=DIR")
-            cfg, flat, _ = import_hf(args.hf_dir)
-            save_pretrained_dir(args.out, cfg, flat, args.hf_dir)
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out}")
+    with main_guard():
+        print(convert(args), flush=True)
     return 0
+
+
+def convert(args) -> str:
+    """What main does once the flags parse; returns the line to print."""
+    if not args.to_hf:
+        if not args.hf_dir:
+            raise ConversionError("pass --hf_dir=DIR (a HF T5 checkpoint), or --to_hf --ckpt=DIR")
+        cfg, flat, _ = import_hf(args.hf_dir)
+        save_pretrained_dir(args.out, cfg, flat, args.hf_dir)
+        return f"wrote {args.out}"
+    if not args.ckpt:
+        raise ConversionError("--to_hf needs --ckpt=DIR (a run's workdir or a directory written by an import)")
+    if is_run_dir(args.ckpt):
+        run = export_run(args.ckpt, args.out, args.step)
+        return f"wrote {args.out} (step {run.step} of {run.workdir}, with README.md)"
+    if args.step is not None:
+        raise ConversionError(f"--step applies to a run's workdir; {args.ckpt} has no {RUN_CONFIG_FILE} and "
+                              f"{RUN_CHECKPOINTS_DIR}/")
+    if not os.path.isfile(os.path.join(args.ckpt, MODEL_CONFIG_FILE)):
+        raise ConversionError(f"--ckpt={args.ckpt} is neither a run's workdir ({RUN_CONFIG_FILE} and "
+                              f"{RUN_CHECKPOINTS_DIR}/) nor a directory written by an import ({MODEL_CONFIG_FILE} "
+                              f"and {PARAMS_DIR}/)")
+    cfg, flat = read_pretrained_dir(args.ckpt)
+    check_export_dir(args.out)
+    export_hf(cfg, flat, args.out, args.ckpt)
+    return f"wrote {args.out}"
 
 
 if __name__ == "__main__":

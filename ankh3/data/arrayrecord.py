@@ -1,8 +1,9 @@
 """Converts a FASTA file (plain, .gz, .xz) into ArrayRecord shards that `ArrayRecordSource` reads.
 
-    python -m ankh3.data.convert --fasta=uniref50.fasta.gz --out=data/uniref50 --shards=256
+    python -m ankh3.data.arrayrecord --fasta=uniref50.fasta.gz --out=data/uniref50 --shards=256
 
-Two streaming passes in bounded memory: the first validates and counts the records, the second
+Two streaming passes in bounded memory: the first validates and counts the records (and the
+non-standard residues X, B, Z, U, O, J, reported in metadata.json and on the terminal), the second
 fills the shards one after another with equal shares. (An ArrayRecord writer keeps an index entry
 per record until it closes, so writing all shards at once would grow with the whole corpus; one
 open shard at a time bounds memory by the shard size.) Shards get temporary names until all are
@@ -10,7 +11,7 @@ written, and `metadata.json` comes last: a directory without it is an unfinished
 """
 from __future__ import annotations
 
-import argparse
+import collections
 import itertools
 import json
 import os
@@ -47,7 +48,7 @@ def convert_fasta(
     fasta_path, out_dir = os.fspath(fasta_path), os.fspath(out_dir)
     if num_shards < 1:
         raise SourceError(f"--shards must be at least 1, got {num_shards}")
-    count, residues = count_records(fasta_path, progress, progress_every)
+    count, residues, nonstandard = count_records(fasta_path, progress, progress_every)
     if count == 0:
         raise FastaError(f"{fasta_path} holds no FASTA records; nothing to convert")
     _prepare_out_dir(out_dir)
@@ -60,20 +61,23 @@ def convert_fasta(
         raise
     for p, n in zip(partial, names):
         os.replace(p, os.path.join(out_dir, n))
-    metadata = {"count": count, "residues": residues, "source": os.path.abspath(fasta_path), "shards": names}
+    metadata = {"count": count, "residues": residues, "nonstandard_residues": nonstandard,
+                "source": os.path.abspath(fasta_path), "shards": names}
     _write_json_atomically(os.path.join(out_dir, METADATA_FILE), metadata)
     return metadata
 
 
-def count_records(fasta_path: str, progress: Progress | None = None, every: int = 100_000) -> tuple[int, int]:
-    """(records, residues) of a FASTA file; reading it all also validates it."""
+def count_records(fasta_path: str, progress: Progress | None = None,
+                  every: int = 100_000) -> tuple[int, int, dict[str, int]]:
+    """(records, residues, non-standard residues by letter) of a FASTA file; reading it all also validates it."""
     count = residues = 0
-    for record in read_fasta(fasta_path):
+    nonstandard: collections.Counter = collections.Counter()
+    for record in read_fasta(fasta_path, nonstandard):
         count += 1
         residues += len(record.sequence)
         if progress and count % every == 0:
             progress(f"checked {count:,} records ({residues:,} residues)")
-    return count, residues
+    return count, residues, dict(sorted(nonstandard.items()))
 
 
 def write_shards(fasta_path: str, paths: list[str], count: int, progress: Progress | None = None, every: int = 100_000):
@@ -100,7 +104,10 @@ def write_shards(fasta_path: str, paths: list[str], count: int, progress: Progre
 def _prepare_out_dir(out_dir: str) -> None:
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise SourceError(f"--out={out_dir} is a file; give a directory")
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise SourceError(f"--out={out_dir} cannot be created ({e.strerror}); give a writable directory") from None
     stale = [n for n in os.listdir(out_dir) if n == METADATA_FILE or SHARD_SUFFIX in n]
     if stale:
         raise SourceError(f"--out={out_dir} already holds shards ({stale[0]}); give an empty directory or delete it")
@@ -120,27 +127,30 @@ def _write_json_atomically(path: str, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+EXAMPLES = (
+    "python -m ankh3.data.arrayrecord --fasta=uniref50.fasta.gz --out=/data/uniref50 --shards=256",
+    "python launch/run.py --config=experiments/base.py --config.data.train=/data/uniref50   # train on the shards",
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from ankh3.command_line import command_parser, main_guard
+
+    parser = command_parser("python -m ankh3.data.arrayrecord", __doc__, EXAMPLES)
     parser.add_argument("--fasta", required=True, help="input FASTA (plain, .gz or .xz)")
     parser.add_argument("--out", required=True, help="output directory (created; must not hold shards)")
-    parser.add_argument("--shards", type=int, default=16, help="number of ArrayRecord shards")
+    parser.add_argument("--shards", type=int, default=16, help="number of ArrayRecord shards (default 16)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
 
     def report(message: str) -> None:
         print(f"{message} [{time.perf_counter() - start:.0f} s]", flush=True)
 
-    try:
+    with main_guard():
         meta = convert_fasta(args.fasta, args.out, args.shards, progress=report)
-    except (FastaError, SourceError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    seconds = time.perf_counter() - start
-    print(
-        f"wrote {meta['count']:,} records ({meta['residues']:,} residues) into {len(meta['shards'])} shards "
-        f"in {args.out} in {seconds:.1f} s"
-    )
+    odd = ", ".join(f"{letter} {n:,}" for letter, n in meta["nonstandard_residues"].items()) or "none"
+    print(f"wrote {meta['count']:,} records ({meta['residues']:,} residues; non-standard: {odd}) into "
+          f"{len(meta['shards'])} shards in {args.out} in {time.perf_counter() - start:.1f} s", flush=True)
     return 0
 
 
