@@ -35,15 +35,18 @@ def build_model(config):
 
         # The checkpoint fixes the architecture; the run still picks how it computes.
         runtime = {k: getattr(cfg, k) for k in ("dtype", "remat", "attention", "dropout_rate", "scan_unroll")}
+        from ankh3.checkpoint import collect_abandoned_reads, first_line
+
         try:
             return load_pretrained_dir(config.init_from, seed=config.seed, **runtime)
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 -- orbax/tensorstore on damaged files: bare Exception, OSError, ...
-            from ankh3.checkpoint import first_line
-
-            raise ConfigError(f"config.init_from: {config.init_from} cannot be read ({first_line(e)}); it is damaged "
-                              "or cut short: write it again with python -m ankh3.hf_checkpoint") from None
+            why = first_line(e)
+        finally:
+            collect_abandoned_reads()
+        raise ConfigError(f"config.init_from: {config.init_from} cannot be read ({why}); it is damaged or cut "
+                          "short: write it again with python -m ankh3.hf_checkpoint")
     return cfg, T5(cfg, rngs=nnx.Rngs(config.seed)), Tokenizer.default(cfg.vocab_size)
 
 

@@ -6,10 +6,12 @@ iterator's state is JSON, taken synchronously at save time so it matches the tra
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import signal
+import sys
 from typing import Any
 
 import jax
@@ -62,21 +64,24 @@ class Checkpointer:
         steps = sorted(self.all_steps(), reverse=True)
         if not steps:
             raise CheckpointError(f"no checkpoint in {self.directory}")
-        failed: list[tuple[int, BaseException]] = []
+        failed: list[tuple[int, str, bool]] = []  # (step, why, another model?): no exception kept alive
         for candidate in steps:
             try:
                 restored = self._restore_step(candidate, target)
             except Exception as e:  # noqa: BLE001 -- orbax and tensorstore raise many kinds, even bare Exception
-                failed.append((candidate, e))
+                failed.append((candidate, str(e) if isinstance(e, CheckpointError) else first_line(e),
+                               isinstance(e, CheckpointError)))
                 continue
+            finally:
+                collect_abandoned_reads()
             self._set_aside(failed)
             return restored
         # Not one can be read: the same failure everywhere is this run's doing (another model), not damage.
-        newest = failed[0][1]
-        if isinstance(newest, CheckpointError):
-            raise newest
-        raise CheckpointError(f"no checkpoint in {self.directory} can be read (newest: step {failed[0][0]}: "
-                              f"{first_line(newest)}); restore the directory from a backup or use a new --workdir")
+        step, why, mismatch = failed[0]
+        if mismatch:
+            raise CheckpointError(why)
+        raise CheckpointError(f"no checkpoint in {self.directory} can be read (newest: step {step}: {why}); "
+                              "restore the directory from a backup or use a new --workdir")
 
     def _restore_step(self, step: int, target: Any) -> tuple[Any, Any]:
         ocp = self._ocp
@@ -95,16 +100,16 @@ class Checkpointer:
         state = from_saveable(restored[STATE_ITEM], target)
         return state, _unwrap_data_state(restored[DATA_ITEM])
 
-    def _set_aside(self, failed: list[tuple[int, BaseException]]) -> None:
+    def _set_aside(self, failed: list[tuple[int, str, bool]]) -> None:
         """Renames unreadable newer steps to `unreadable-STEP` so that orbax no longer lists them."""
-        for step, error in failed:
+        for step, why, _ in failed:
             path = os.path.join(self.directory, str(step))
             aside = os.path.join(self.directory, f"unreadable-{step}")
             while os.path.exists(aside):
                 aside += "-again"
             os.rename(path, aside)
             log.warning("checkpoint %s cannot be read (%s); set aside as %s, resuming from an older one",
-                        path, first_line(error), aside)
+                        path, why, aside)
         if failed:
             self._manager.reload()
 
@@ -115,6 +120,17 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def collect_abandoned_reads() -> None:
+    """A failed orbax read leaves its read coroutines unfinished; collected at exit, each prints an
+    'Exception ignored ... GeneratorExit' traceback. Collect them now, without the noise."""
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda _: None
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
 
 
 def first_line(error: BaseException) -> str:

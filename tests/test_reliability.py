@@ -336,6 +336,7 @@ def two_checkpoints(tmp_path):
 
 
 @pytest.mark.parametrize("kind", DAMAGE)
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # no stray tracebacks
 def test_unreadable_newest_checkpoint_falls_back_to_the_previous(kind, two_checkpoints, caplog, capfd):
     from ankh3.checkpoint import Checkpointer
 
@@ -353,6 +354,7 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous(kind, two_check
 
 
 @pytest.mark.parametrize("kind", ["truncated arrays", "truncated manifest", "garbage data item"])
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # no stray tracebacks
 def test_no_readable_checkpoint_is_one_line_and_keeps_them(kind, two_checkpoints, capfd):
     from ankh3.checkpoint import CheckpointError, Checkpointer
 
@@ -400,6 +402,7 @@ INIT_FROM_DAMAGE = ["truncated arrays", "no model config", "garbage model config
 
 
 @pytest.mark.parametrize("kind", INIT_FROM_DAMAGE)
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # no stray tracebacks
 def test_damaged_init_from_is_one_line(kind, pretrained_dir, tmp_path, capfd):
     from ankh3.assembly import build_model
     from experiments.base import get_config
