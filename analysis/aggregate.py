@@ -29,7 +29,7 @@ from analysis.runs import (PARENT_TAG, AnalysisError, RunRecord, all_runs, conne
 from analysis.stats import (Row, pick_baseline,  # noqa: E402,F401
                             select_metrics, short, summarize_family, variant_order)
 
-DEFAULT_METRICS = ("eval/loss", "eval/*/loss", "eval/accuracy", "*/model/test/*_mean")
+DEFAULT_METRICS = ("eval/*/loss", "eval/*/accuracy", "*/model/test/*_mean")  # losses are named by their objective
 
 
 # ---- a family ---------------------------------------------------------------------------------------
@@ -77,7 +77,7 @@ def analyse_family(client, family: str, *, out_dir: str, patterns=DEFAULT_METRIC
              *notes]
     os.makedirs(out_dir, exist_ok=True)
     loss_keys = [k for k in sorted({k for r in records for k in r.metrics})
-                 if fnmatch.fnmatchcase(k, "eval/*loss") or fnmatch.fnmatchcase(k, "train/*loss")]
+                 if fnmatch.fnmatchcase(k, "eval/*/loss") or fnmatch.fnmatchcase(k, "train/*/loss")]
     images = plots.plot_learning_curves(curves_for(client, records, loss_keys), out_dir)
     downstream = [m for m in metrics if m.count("/") == 3]
     images += plots.plot_downstream(rows_by_metric(rows, downstream), out_dir)

@@ -42,7 +42,8 @@ def median_band(runs: dict[int, list[tuple[int, float]]]) -> tuple[np.ndarray, n
 
 
 def objective_of(metric: str) -> tuple[str, str]:
-    """'eval/nlu/loss' -> ('nlu', 'eval'); 'train/loss' -> ('all', 'train')."""
+    """'eval/nlu/loss' -> ('nlu', 'eval'); 'train/mix_nlu_s2s/loss' -> ('mix_nlu_s2s', 'train'); a bare
+    'train/loss' (runs from before losses carried their objective) -> ('all', 'train')."""
     parts = metric.split("/")
     return (parts[1] if len(parts) == 3 else "all"), parts[0]
 

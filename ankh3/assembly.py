@@ -98,7 +98,8 @@ def build_data(config, tokenizer, mixture, process_index: int | None = None, pro
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     common = dict(batch_size=host_batch_size(data.batch_size, process_count), encoder_length=data.encoder_length,
-                  decoder_length=data.decoder_length, min_residues=data.min_residues, on_invalid=data.on_invalid,
+                  decoder_length=data.decoder_length, max_residues=data.max_residues, crop=data.crop,
+                  min_residues=data.min_residues, on_invalid=data.on_invalid,
                   process_index=process_index, process_count=process_count)
     train = pipeline.make_iterator(open_source(data.train), tokenizer, mixture, seed=config.seed, shuffle=True,
                                    worker_count=data.worker_count, **common)

@@ -52,14 +52,17 @@ def model_section(shape: str) -> dict[str, Any]:
 def model_config(section: Mapping[str, Any], backend: str = "cpu"):
     """The ModelConfig of the config's model section (shape defaults with every field as set).
 
-    dtype 'auto' computes in bfloat16 on accelerators and float32 on CPUs (where bf16 is slow).
+    dtype 'auto' computes in bfloat16 on accelerators and float32 on CPUs (where bf16 is slow);
+    attention 'auto' becomes the backend's implementation (`ankh3.model.attention_for_backend`).
     """
-    from ankh3.model import ModelConfigError, get_shape
+    from ankh3.model import ModelConfigError, attention_for_backend, get_shape
 
     fields = dict(section)
     shape = fields.pop("shape")
     if fields.get("dtype") == "auto":
         fields["dtype"] = "float32" if backend == "cpu" else "bfloat16"
+    if fields.get("attention") == "auto":
+        fields["attention"] = attention_for_backend(backend, fields.get("dtype", "float32"))
     try:
         return get_shape(shape, **fields)
     except (ModelConfigError, TypeError) as e:
@@ -75,7 +78,7 @@ def build_objective(name: str, entry: Mapping[str, Any]):
         if kind == "span_corruption":
             return SpanCorruption(
                 noise_density=_number_or_tuple(entry["noise_density"]),
-                mean_span_length=float(entry["mean_span_length"]),
+                mean_span_length=_number_or_tuple(entry["mean_span_length"]),
                 task_token=entry["task_token"],
                 density_granularity=entry.get("density_granularity", "batch"),
                 name=name)
@@ -115,9 +118,31 @@ def tokens_per_step(config) -> int:
 
 
 def record_budget(config) -> None:
-    """Writes the token budget into `config.budget` (after overrides, so it matches the run)."""
+    """Writes the token budget and each objective's layout of a cut sequence into `config.budget`
+    (after overrides, so it matches the run)."""
     config.budget.tokens_per_step = tokens_per_step(config)
     config.budget.total_tokens = tokens_per_step(config) * int(config.train.steps)
+    config.budget.layout = objective_layout(config)
+
+
+def objective_layout(config) -> str:
+    """What each objective makes of a sequence cut to data.max_residues, e.g. 's2s: 256+256 residues
+    -> 258/257 tokens' for completion; for denoisers the tokens the worst setting needs."""
+    from ankh3.objectives import Completion, completion_lengths
+    from ankh3.tokenizer import Tokenizer
+
+    cut = int(config.data.max_residues)
+    sentinels = Tokenizer.default(int(config.model.vocab_size)).num_sentinels
+    parts = [f"cut to {cut} residues ({config.data.crop})"]
+    for objective in build_mixture(config.objectives, config.mixture_granularity).objectives:
+        need_in, need_out = objective.needed_lengths(cut, sentinels)
+        lo, hi = objective.fraction_bounds if isinstance(objective, Completion) else (0.0, 1.0)
+        if lo == hi:
+            ins, outs = completion_lengths(cut, lo)
+            parts.append(f"{objective.task_name}: {int(ins) - 2}+{int(outs) - 1} residues -> {need_in}/{need_out} tokens")
+        else:
+            parts.append(f"{objective.task_name}: up to {need_in}/{need_out} tokens")
+    return "; ".join(parts)
 
 
 def resolve_path(path: str, root: str) -> str:
@@ -138,5 +163,24 @@ def check_config(config) -> None:
         if int(value) < 1:
             raise ConfigError(f"config.{key} must be >= 1, got {value}")
     check_choice(config.model.dtype, ("auto", "float32", "bfloat16", "float16"), "config.model.dtype")
+    check_data(config)
     if config.downstream.prefix not in ("[NLU]", "[S2S]"):
         raise ConfigError(f"config.downstream.prefix must be '[NLU]' or '[S2S]', got {config.downstream.prefix!r}")
+
+
+def check_data(config) -> None:
+    """data.crop is known and every objective fits a sequence cut to data.max_residues into the lengths."""
+    from ankh3.data.pipeline import CROPS, PipelineError, check_fits
+    from ankh3.tokenizer import Tokenizer
+
+    data = config.data
+    check_choice(data.crop, CROPS, "config.data.crop")
+    if not int(data.min_residues) <= int(data.max_residues):
+        raise ConfigError(f"config.data.max_residues={data.max_residues} must be >= config.data.min_residues="
+                          f"{data.min_residues}")
+    mixture = build_mixture(config.objectives, config.mixture_granularity)
+    try:
+        check_fits(mixture, int(data.max_residues), int(data.encoder_length), int(data.decoder_length),
+                   Tokenizer.default(int(config.model.vocab_size)).num_sentinels, where="config.data.")
+    except PipelineError as e:
+        raise ConfigError(str(e)) from None

@@ -166,6 +166,8 @@ def pretrain(config, workdir: str, tracker, pieces: Pieces, hooks: Hooks):
     from ankh3 import train
     from ankh3.checkpoint import Checkpointer, PreemptionGuard
     from ankh3.config import build_mixture
+    from ankh3.data.frequencies import unigram_entropy
+    from ankh3.data.sources import open_source
     from ankh3.optimizer import OptimizerSpec, make_optimizer
     from ankh3.sharding import shard_model
 
@@ -185,7 +187,9 @@ def pretrain(config, workdir: str, tracker, pieces: Pieces, hooks: Hooks):
         steps=config.train.steps, grad_accum=config.optimizer.grad_accum, log_every=config.train.log_every,
         eval_every=config.train.eval_every, checkpoint_every=config.train.checkpoint_every,
         progress_every_s=config.train.progress_every_s, tokens_per_step=config.budget.tokens_per_step,
-        dropout=pieces.model_cfg.dropout_rate > 0)
+        dropout=pieces.model_cfg.dropout_rate > 0,
+        unigram_floor=unigram_entropy(open_source(config.data.train), pieces.tokenizer,
+                                      on_invalid=config.data.on_invalid))
     residues = train.residue_ids(pieces.tokenizer)  # a converted checkpoint may place residues at other ids
     train_step = train.make_train_step(graphdef, tx, len(task_names), settings.dropout, residues)
     eval_step = train.make_eval_step(graphdef, len(task_names), residues)

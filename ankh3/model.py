@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ankh3 import cpu_kernels
 from ankh3.errors import UserError
 from ankh3.sharding import constrain
 
@@ -30,7 +31,9 @@ ACTIVATIONS = {
     "relu": jax.nn.relu,
 }
 REMAT_POLICIES = ("none", "full", "dots")
-ATTENTION_IMPLS = ("xla", "cudnn", "einsum")
+# auto: cpu_kernels on CPU, cudnn on GPU for 16-bit compute, xla otherwise (see attention_for_backend).
+ATTENTION_IMPLS = ("auto", "cpu_kernels", "xla", "cudnn")
+LEGACY_ATTENTION = {"einsum": "cpu_kernels"}  # the name saved in model_config.json files before 2026-12
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -51,11 +54,13 @@ class ModelConfig:
     tie_embeddings: bool = False
     dtype: str = "float32"  # compute dtype; parameters stay float32
     remat: str = "none"  # none | full | dots
-    attention: str = "einsum"  # einsum (custom backward; fastest on CPU) | xla | cudnn (GPU)
+    attention: str = "auto"  # auto | cpu_kernels (hand-written backward passes, CPU) | xla | cudnn (GPU)
     scan_unroll: int = 1
     pad_id: int = 0
 
     def __post_init__(self):
+        if self.attention in LEGACY_ATTENTION:
+            object.__setattr__(self, "attention", LEGACY_ATTENTION[self.attention])
         checks = (
             (self.activation in ACTIVATIONS, f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}"),
             (self.remat in REMAT_POLICIES, f"remat {self.remat!r} is not one of {REMAT_POLICIES}"),
@@ -64,7 +69,7 @@ class ModelConfig:
             (self.num_encoder_layers >= 1 and self.num_decoder_layers >= 0, "need >= 1 encoder layer"),
             (0.0 <= self.dropout_rate < 1.0, f"dropout_rate {self.dropout_rate} must be in [0, 1)"),
             (self.attention != "cudnn" or self.dtype != "float32",
-             "attention 'cudnn' needs dtype 'bfloat16' or 'float16'; use attention 'einsum' for float32"),
+             "attention 'cudnn' needs dtype 'bfloat16' or 'float16'; use attention 'xla' or 'auto' for float32"),
         )
         for ok, message in checks:
             if not ok:
@@ -115,6 +120,25 @@ class ModelConfig:
             is_encoder_decoder=True, pad_token_id=self.pad_id, eos_token_id=1,
             decoder_start_token_id=self.pad_id, initializer_factor=1.0,
         )
+
+
+def attention_for_backend(backend: str, dtype: str) -> str:
+    """What attention 'auto' means on a JAX backend ('cpu', 'gpu', 'tpu') for a compute dtype.
+
+    The hand-written kernels exist for XLA:CPU, whose autodiff of attention is slow; elsewhere
+    XLA's autodiff of `jax.nn.dot_product_attention` serves, through cuDNN's fused kernel on GPUs
+    (which needs 16-bit inputs).
+    """
+    if backend == "cpu":
+        return "cpu_kernels"
+    return "cudnn" if backend == "gpu" and dtype != "float32" else "xla"
+
+
+def attention_impl(cfg: ModelConfig) -> str:
+    """The attention implementation `cfg` computes with on the default backend ('auto' resolved)."""
+    if cfg.attention != "auto":
+        return cfg.attention
+    return attention_for_backend(jax.default_backend(), cfg.dtype)
 
 
 _ANKH = dict(d_kv=64, num_encoder_layers=48, num_decoder_layers=24, relative_buckets=64, relative_max_distance=128)
@@ -234,12 +258,12 @@ def _dropout(x, rate: float, key):
 def _attend(cfg: ModelConfig, q, k, v, bias, key_mask, causal: bool, dropout_key):
     """softmax(q k^T + bias + masks) v without scaling; q [B,T,N,K], k/v [B,S,N,K], bias [1,N,T,S]|None."""
     mask = None if key_mask is None else key_mask[:, None, None, :]
-    use_dropout = dropout_key is not None and cfg.dropout_rate > 0.0
-    if use_dropout:
-        return _attend_einsum(q, k, v, bias, mask, causal, cfg.dropout_rate, dropout_key)
-    if cfg.attention == "einsum":
-        return attention_core(causal, q, k, v, bias, mask)
-    if cfg.attention == "cudnn":
+    impl = attention_impl(cfg)
+    if dropout_key is not None and cfg.dropout_rate > 0.0:
+        return _attend_with_dropout(q, k, v, bias, mask, causal, cfg.dropout_rate, dropout_key)
+    if impl == "cpu_kernels":
+        return cpu_kernels.attention(causal, q, k, v, bias, mask)
+    if impl == "cudnn":
         # cuDNN takes padding as lengths; the pipeline pads at the end, so the mask is a prefix.
         lengths = None if key_mask is None else jnp.sum(key_mask, axis=-1, dtype=jnp.int32)
         return jax.nn.dot_product_attention(
@@ -249,60 +273,11 @@ def _attend(cfg: ModelConfig, q, k, v, bias, key_mask, causal: bool, dropout_key
         q, k, v, bias=bias, mask=mask, scale=1.0, is_causal=causal, implementation="xla")
 
 
-def _attend_einsum(q, k, v, bias, mask, causal, rate, key):
+def _attend_with_dropout(q, k, v, bias, mask, causal, rate, key):
     """Attention with dropout on the probabilities (as HF T5), differentiated by JAX."""
-    probs = jax.nn.softmax(_masked_logits(q, k, bias, mask, causal), axis=-1)
+    probs = jax.nn.softmax(cpu_kernels.masked_logits(q, k, bias, mask, causal), axis=-1)
     probs = _dropout(probs, rate, key).astype(v.dtype)
     return jnp.einsum("bnts,bsnk->btnk", probs, v)
-
-
-def _masked_logits(q, k, bias, mask, causal):
-    logits = jnp.einsum("btnk,bsnk->bnts", q, k, preferred_element_type=jnp.float32)
-    if bias is not None:
-        logits = logits + bias.astype(jnp.float32)
-    if causal:
-        t, s = logits.shape[-2:]
-        tril = jnp.tril(jnp.ones((t, s), bool))
-        mask = tril if mask is None else mask & tril
-    return logits if mask is None else jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def attention_core(causal: bool, q, k, v, bias, mask):
-    """softmax(q k^T + bias, masked) v, unscaled, with a hand-written backward pass.
-
-    The backward saves the probabilities, uses the output to form the softmax correction
-    (delta = sum(dout * out)) and sums the bias gradient over the batch with a matmul:
-    XLA:CPU's own derivative of this spends most of its time in strided reductions and copies.
-    bias: [1, N, T, S] float32 or None; mask: bool broadcastable to [B, N, T, S] or None.
-    """
-    return _attention_core_fwd(causal, q, k, v, bias, mask)[0]
-
-
-def _attention_core_fwd(causal, q, k, v, bias, mask):
-    probs = jax.nn.softmax(_masked_logits(q, k, bias, mask, causal), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bnts,bsnk->btnk", probs, v)
-    return out, (q, k, v, bias, mask, probs, out)
-
-
-def _attention_core_bwd(causal, residuals, d_out):
-    q, k, v, bias, mask, probs, out = residuals
-    d_v = jnp.einsum("bnts,btnk->bsnk", probs, d_out)
-    d_probs = jnp.einsum("btnk,bsnk->bnts", d_out, v, preferred_element_type=jnp.float32)
-    delta = jnp.einsum("btnk,btnk->bnt", d_out.astype(jnp.float32), out.astype(jnp.float32))
-    d_logits = probs.astype(jnp.float32) * (d_probs - delta[..., None])
-    d_bias = None
-    if bias is not None:
-        ones = jnp.ones((d_logits.shape[0],), jnp.float32)
-        d_bias = jnp.einsum("b,bnts->nts", ones, d_logits)[None].astype(bias.dtype)
-    d_logits = d_logits.astype(q.dtype)
-    d_q = jnp.einsum("bnts,bsnk->btnk", d_logits, k)
-    d_k = jnp.einsum("bnts,btnk->bsnk", d_logits, q)
-    d_mask = None if mask is None else np.zeros(mask.shape, jax.dtypes.float0)
-    return d_q, d_k, d_v, d_bias, d_mask
-
-
-attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
 
 
 def _attention_block(cfg, p, x, kv_source, bias, key_mask, causal, keys):
@@ -324,49 +299,13 @@ def _attention_block(cfg, p, x, kv_source, bias, key_mask, causal, keys):
 def _mlp_block(cfg, p, x, keys):
     dt = x.dtype
     wi_0, wi_1, wo = (p[name].astype(dt) for name in ("wi_0", "wi_1", "wo"))
-    if keys[0] is None:
-        return _dropout(gated_mlp(cfg.activation, x, wi_0, wi_1, wo), cfg.dropout_rate, keys[1])
-    hidden = ACTIVATIONS[cfg.activation](x @ wi_0) * (x @ wi_1)
+    activation = ACTIVATIONS[cfg.activation]
+    if keys[0] is None and attention_impl(cfg) == "cpu_kernels":
+        return _dropout(cpu_kernels.gated_mlp(activation, x, wi_0, wi_1, wo), cfg.dropout_rate, keys[1])
+    hidden = activation(x @ wi_0) * (x @ wi_1)
     hidden = constrain(hidden, ("batch", "length", "mlp"))
     hidden = _dropout(hidden, cfg.dropout_rate, keys[0])
     return _dropout(hidden @ wo, cfg.dropout_rate, keys[1])
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def gated_mlp(activation: str, x, wi_0, wi_1, wo):
-    """act(x wi_0) * (x wi_1) @ wo, with a hand-written backward pass.
-
-    The backward keeps only x and the two pre-activations, and materialises the hidden
-    gradients before the weight-gradient matmuls: left to itself XLA:CPU fuses the activation's
-    derivative into a transposed copy for those matmuls, a strided loop several times slower
-    than the matmuls themselves.
-    """
-    return _gated_mlp_fwd(activation, x, wi_0, wi_1, wo)[0]
-
-
-def _gated_mlp_fwd(activation, x, wi_0, wi_1, wo):
-    gate, linear = x @ wi_0, x @ wi_1
-    gate = constrain(gate, ("batch", "length", "mlp"))
-    linear = constrain(linear, ("batch", "length", "mlp"))
-    return (ACTIVATIONS[activation](gate) * linear) @ wo, (x, gate, linear, wi_0, wi_1, wo)
-
-
-def _gated_mlp_bwd(activation, residuals, dy):
-    x, gate, linear, wi_0, wi_1, wo = residuals
-    act, act_vjp = jax.vjp(ACTIVATIONS[activation], gate)
-    d_hidden = dy @ wo.T
-    d_linear = d_hidden * act
-    d_gate = act_vjp(d_hidden * linear)[0]
-    d_gate, d_linear, hidden = jax.lax.optimization_barrier((d_gate, d_linear, act * linear))
-    d_x = d_gate @ wi_0.T + d_linear @ wi_1.T
-    d_wi_0 = jnp.einsum("btd,btf->df", x, d_gate)
-    d_wi_1 = jnp.einsum("btd,btf->df", x, d_linear)
-    # As (dy^T hidden)^T so that only the narrow dy is transposed for XLA:CPU's matmul, not the wide hidden.
-    d_wo = jnp.einsum("btd,btf->df", dy, hidden).T
-    return d_x, d_wi_0, d_wi_1, d_wo
-
-
-gated_mlp.defvjp(_gated_mlp_fwd, _gated_mlp_bwd)
 
 
 def _layer_keys(key, layers: int, per_layer: int):

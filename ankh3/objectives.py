@@ -39,7 +39,7 @@ def _task_name(token: str) -> str:
 
 
 # ---- span corruption ------------------------------------------------------------------------------
-def count_spans(num_residues, noise_density, mean_span_length: float, num_sentinels: int):
+def count_spans(num_residues, noise_density, mean_span_length, num_sentinels: int):
     """(noise, non-noise, spans) per sequence, following T5's `random_spans_noise_mask`.
 
     noise = round(L*r) clipped to [1, L-1]; spans = max(1, round(noise/mu)). Beyond T5, spans are
@@ -214,53 +214,72 @@ class SpanCorruption:
     """T5 span-corruption denoising; mean_span_length=1 is Ankh's single-residue masking.
 
     `noise_density` may be a tuple of choices, drawn once per batch (`density_granularity='batch'`,
-    Ankh3) or per sequence ('example'). X-denoising (UL2) is this class with extreme settings and
-    task token '[NLG]' (see `x_denoising`). Span k of a sequence is replaced by `sentinel_ids[k]`.
+    Ankh3) or per sequence ('example'). `mean_span_length` is one value for every choice, or a tuple
+    of the same length paired with the densities: UL2's X-denoiser is such a list of (density, span)
+    settings with task token '[NLG]' (experiments/common.py `x_denoiser`). Span k of a sequence is
+    replaced by `sentinel_ids[k]`.
     """
 
     noise_density: float | tuple[float, ...] = 0.15
-    mean_span_length: float = 1.0
+    mean_span_length: float | tuple[float, ...] = 1.0
     task_token: str = "[NLU]"
     density_granularity: str = "batch"
     name: str | None = None
 
     def __post_init__(self):
         densities = _as_choices(self.noise_density, "SpanCorruption.noise_density")
+        spans = _as_choices(self.mean_span_length, "SpanCorruption.mean_span_length")
         if not all(0.0 < r < 1.0 for r in densities):
             raise ObjectiveError(f"SpanCorruption.noise_density must lie in (0, 1), got {self.noise_density}")
-        if not self.mean_span_length >= 1.0:
+        if not all(mu >= 1.0 for mu in spans):
             raise ObjectiveError(f"SpanCorruption.mean_span_length must be >= 1, got {self.mean_span_length}")
+        if len(spans) not in (1, len(densities)):
+            raise ObjectiveError(
+                f"SpanCorruption: {len(spans)} mean_span_length values for {len(densities)} noise_density values; "
+                "give one span length, or one per density (paired settings)")
         if self.density_granularity not in ("batch", "example"):
             raise ObjectiveError(
                 f"SpanCorruption.density_granularity must be 'batch' or 'example', got {self.density_granularity!r}")
         object.__setattr__(self, "_densities", np.array(densities))
+        object.__setattr__(self, "_spans", np.broadcast_to(np.array(spans), (len(densities),)).copy())
 
     @property
     def task_name(self) -> str:
         return self.name or _task_name(self.task_token)
 
-    def lengths(self, num_residues, num_sentinels: int, noise_density: float | None = None):
-        """(inputs, targets) lengths for raw lengths, at one density (default: the first choice)."""
+    @property
+    def settings(self) -> tuple[tuple[float, float], ...]:
+        """The (noise density, mean span length) choices, one drawn per batch or per sequence."""
+        return tuple(zip(self._densities.tolist(), self._spans.tolist()))
+
+    def lengths(self, num_residues, num_sentinels: int, noise_density: float | None = None,
+                mean_span_length: float | None = None):
+        """(inputs, targets) lengths for raw lengths at one setting (default: the first choice)."""
         r = self._densities[0] if noise_density is None else noise_density
-        return span_corruption_lengths(num_residues, r, self.mean_span_length, num_sentinels)
+        mu = self._spans[0] if mean_span_length is None else mean_span_length
+        return span_corruption_lengths(num_residues, r, mu, num_sentinels)
 
     def max_residues(self, encoder_length: int, decoder_length: int, num_sentinels: int) -> int:
-        """Longest raw length whose inputs and targets fit (Le, Ld) at every density choice."""
+        """Longest raw length whose inputs and targets fit (Le, Ld) at every setting."""
         def worst(candidates):
-            sizes = [self.lengths(candidates, num_sentinels, r) for r in self._densities]
+            sizes = [self.lengths(candidates, num_sentinels, r, mu) for r, mu in self.settings]
             return np.max([s[0] for s in sizes], axis=0), np.max([s[1] for s in sizes], axis=0)
         return _largest_fitting(worst, encoder_length, decoder_length, f"SpanCorruption({self.task_name})")
+
+    def needed_lengths(self, num_residues: int, num_sentinels: int) -> tuple[int, int]:
+        """(encoder, decoder) tokens that every sequence of up to `num_residues` needs, at every setting."""
+        candidates = np.arange(2, num_residues + 1)
+        sizes = [self.lengths(candidates, num_sentinels, r, mu) for r, mu in self.settings]
+        return int(max(s[0].max() for s in sizes)), int(max(s[1].max() for s in sizes))
 
     def apply(self, tokens: np.ndarray, lengths: np.ndarray, rng: np.random.Generator, tokenizer: Tokens,
               encoder_length: int, decoder_length: int):
         """Corrupts every row of tokens int32 [B, W] (lengths[b] residues each) -> (inputs, targets)."""
         lengths = _check_rows(tokens, lengths, f"SpanCorruption({self.task_name})")
-        if self.density_granularity == "batch":
-            density = rng.choice(self._densities)
-        else:
-            density = rng.choice(self._densities, size=len(lengths))
+        size = None if self.density_granularity == "batch" else len(lengths)
+        setting = rng.integers(len(self._densities), size=size)
         sentinels = np.asarray(tokenizer.sentinel_ids, np.int32)
-        noise, clean, spans = count_spans(lengths, density, self.mean_span_length, len(sentinels))
+        noise, clean, spans = count_spans(lengths, self._densities[setting], self._spans[setting], len(sentinels))
         ins, outs = clean + spans + 2, noise + spans + 1
         _check_fits(ins, outs, encoder_length, decoder_length, f"SpanCorruption({self.task_name})")
         noise_at, clean_at = _span_starts(rng, noise, clean, spans)
@@ -285,17 +304,12 @@ class SpanCorruption:
         return _apply_one(self, tokens, rng, tokenizer)
 
 
-def x_denoising(noise_density: float | tuple[float, ...] = 0.5, mean_span_length: float = 32.0,
-                task_token: str = "[NLG]", name: str | None = None) -> SpanCorruption:
-    """UL2's extreme denoiser: heavy corruption or long spans, with its own task token."""
-    return SpanCorruption(noise_density, mean_span_length, task_token, name=name)
-
-
 # ---- completion -------------------------------------------------------------------------------------
 def completion_lengths(num_residues, fraction):
-    """(inputs, targets) lengths: the decoder writes round(f*L) residues, clipped to [1, L-1]."""
+    """(inputs, targets) lengths: the decoder writes int(f*L) residues (rounded down, as the Ankh3 model
+    card cuts at `int(L*f)`), clipped to [1, L-1]; the encoder reads the first L - int(f*L)."""
     length = np.asarray(num_residues, np.int64)
-    tail = np.clip(np.rint(length * np.asarray(fraction, np.float64)), 1, length - 1).astype(np.int64)
+    tail = np.clip(np.floor(length * np.asarray(fraction, np.float64)), 1, length - 1).astype(np.int64)
     return length - tail + 2, tail + 1
 
 
@@ -321,6 +335,11 @@ class Completion:
     def task_name(self) -> str:
         return self.name or _task_name(self.task_token)
 
+    @property
+    def fraction_bounds(self) -> tuple[float, float]:
+        """(lo, hi) of the completed fraction; lo == hi when it is fixed."""
+        return self._bounds
+
     def lengths(self, num_residues, num_sentinels: int = 0, fraction: float | None = None):
         """(inputs, targets) lengths at one fraction (default: the lower bound)."""
         return completion_lengths(num_residues, self._bounds[0] if fraction is None else fraction)
@@ -332,6 +351,11 @@ class Completion:
         def worst(candidates):  # the encoder is longest at lo, the decoder at hi
             return completion_lengths(candidates, lo)[0], completion_lengths(candidates, hi)[1]
         return _largest_fitting(worst, encoder_length, decoder_length, f"Completion({self.task_name})")
+
+    def needed_lengths(self, num_residues: int, num_sentinels: int = 0) -> tuple[int, int]:
+        """(encoder, decoder) tokens that every sequence of up to `num_residues` needs, at any fraction."""
+        lo, hi = self._bounds
+        return int(completion_lengths(num_residues, lo)[0]), int(completion_lengths(num_residues, hi)[1])
 
     def apply(self, tokens: np.ndarray, lengths: np.ndarray, rng: np.random.Generator, tokenizer: Tokens,
               encoder_length: int, decoder_length: int):
@@ -366,6 +390,12 @@ def _apply_one(objective, tokens, rng, tokenizer):
 
 # ---- mixtures ---------------------------------------------------------------------------------------
 Objective = SpanCorruption | Completion
+
+
+def mixture_name(task_names: Sequence[str]) -> str:
+    """The name a mixture's pooled metrics carry: its one task's name, else 'mix_' + the task names
+    ('mix_nlu_s2s'), so that a pooled loss is never compared with another mixture's under one key."""
+    return task_names[0] if len(task_names) == 1 else "mix_" + "_".join(task_names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -403,9 +433,19 @@ class Mixture:
         names = [obj.task_name for obj in self.objectives]
         return tuple(n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names))
 
+    @property
+    def name(self) -> str:
+        """What the whole mixture's metrics are logged under (`eval/NAME/loss`): see `mixture_name`."""
+        return mixture_name(self.task_names)
+
     def max_residues(self, encoder_length: int, decoder_length: int, num_sentinels: int) -> np.ndarray:
-        """int64 [num objectives]: the crop length of each entry for a (Le, Ld) batch."""
+        """int64 [num objectives]: the longest sequence each entry fits into a (Le, Ld) batch."""
         return np.array([obj.max_residues(encoder_length, decoder_length, num_sentinels) for obj in self.objectives])
+
+    def needed_lengths(self, num_residues: int, num_sentinels: int) -> tuple[int, int]:
+        """(encoder, decoder) tokens that every entry needs for sequences cut to `num_residues`."""
+        needs = [obj.needed_lengths(num_residues, num_sentinels) for obj in self.objectives]
+        return max(n[0] for n in needs), max(n[1] for n in needs)
 
     def draw_tasks(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
         """int32 [B]: the entry index of each example."""
@@ -426,10 +466,3 @@ class Mixture:
                 inputs[rows], targets[rows] = objective.apply(
                     tokens[rows, :width], lengths[rows], rng, tokenizer, encoder_length, decoder_length)
         return inputs, targets
-
-
-def ankh3_mixture(mean_span_length: float = 1.0, noise_density: Sequence[float] = (0.15, 0.2, 0.3),
-                  completion_fraction: float | tuple[float, float] = 0.5) -> Mixture:
-    """Ankh3's recipe: half completion [S2S], half span corruption [NLU] with the density drawn per batch."""
-    return Mixture(((Completion(completion_fraction), 0.5),
-                    (SpanCorruption(tuple(noise_density), mean_span_length), 0.5)), granularity="example")

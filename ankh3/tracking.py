@@ -455,7 +455,9 @@ def sync_workdir(workdir: str, uri: str | None = None, fallback_uri: str | None 
 
 
 def write_loss_plots(curves: Mapping[str, Mapping[str, list[tuple[int, float]]]], out_dir: str) -> list[str]:
-    """One PNG per objective: {objective: {'train': [(step, loss)], 'eval': [...]}} -> file paths."""
+    """One PNG per objective: {objective: {'train': [(step, loss)], 'eval': [...]}} -> file paths.
+
+    A series named 'unigram ...' is drawn as a horizontal line at its last value (a floor, not a curve)."""
     from ankh3.figures import new_figure, save_figure
 
     paths = []
@@ -463,7 +465,9 @@ def write_loss_plots(curves: Mapping[str, Mapping[str, list[tuple[int, float]]]]
         fig = new_figure(6, 4)
         ax = fig.subplots()
         for split, points in series.items():
-            if points:
+            if points and split.startswith("unigram"):
+                ax.axhline(points[-1][1], color="grey", linestyle="--", label=f"{split} {points[-1][1]:.3f}")
+            elif points:
                 steps, values = zip(*points)
                 ax.plot(steps, values, label=split, marker="." if len(points) < 30 else None)
         ax.set_xlabel("step")

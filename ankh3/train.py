@@ -22,11 +22,13 @@ from flax import nnx
 
 from ankh3.errors import EXIT_NONFINITE, UserError
 from ankh3.names import HISTORY
+from ankh3.objectives import mixture_name
 from ankh3.sharding import shard_batch
 from ankh3.tokenizer import RESIDUES, Tokenizer
 
 BATCH_KEYS = ("encoder_tokens", "decoder_inputs", "decoder_targets", "decoder_weights", "task")
-SUM_KEYS = ("nll", "tokens", "correct", "residues")  # what token_metrics sums per task
+SUM_KEYS = ("nll", "tokens", "correct", "residues", "residue_nll")  # what token_metrics sums per task
+UNIGRAM_KEY = "data/unigram_entropy"  # the training data's residue-frequency entropy, logged once
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -56,8 +58,8 @@ def token_metrics(logits: jax.Array, batch: dict, num_tasks: int,
     The loss covers every target token (residues, sentinels, EOS), as in T5. Accuracy counts only
     residue targets (`residues`: their ids; None = those of `Tokenizer.default` for this vocabulary):
     sentinels and EOS are nearly free to predict and would otherwise make up half of a denoising
-    target. Returns (loss, sums) where sums holds `nll`, `tokens` (all targets), `correct` and
-    `residues` (residue targets only) as float32 [num_tasks].
+    target. Returns (loss, sums) where sums holds `nll`, `tokens` (all targets), `correct`, `residues`
+    and `residue_nll` (residue targets only) as float32 [num_tasks].
     """
     logits = logits.astype(jnp.float32)
     targets = batch["decoder_targets"]
@@ -72,28 +74,39 @@ def token_metrics(logits: jax.Array, batch: dict, num_tasks: int,
         "tokens": per_task.T @ jnp.sum(weights, axis=1),
         "correct": per_task.T @ jnp.sum(correct * is_residue, axis=1),
         "residues": per_task.T @ jnp.sum(is_residue, axis=1),
+        "residue_nll": per_task.T @ jnp.sum(nll * is_residue, axis=1),
     }
     loss = jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)
     return loss, sums
 
 
-def summarize(sums: dict, task_names: Sequence[str], prefix: str) -> dict[str, float]:
-    """Summed per-task counts -> {prefix/loss, prefix/accuracy, prefix/TASK/loss, prefix/TASK/accuracy}.
+def summarize(sums: dict, task_names: Sequence[str], prefix: str,
+              unigram_floor: float | None = None) -> dict[str, float]:
+    """Summed per-task counts -> {prefix/NAME/loss, prefix/NAME/accuracy, prefix/NAME/residue_loss} per
+    objective NAME, and the same pooled over the mixture under its name (`mixture_name`, e.g.
+    'mix_nlu_s2s'; absent for a single objective), never a bare `prefix/loss`: losses of different
+    objectives must not share a metric name.
 
-    `loss` is the mean cross-entropy over all target tokens; `accuracy` is residue accuracy: the
-    fraction of residue targets (not sentinel, EOS or padding) predicted exactly by argmax.
+    `loss` is the mean cross-entropy over all target tokens; `residue_loss` over residue targets only
+    (nats per residue, comparable with the unigram floor); `accuracy` is residue accuracy: the fraction
+    of residue targets predicted exactly by argmax. With `unigram_floor` (nats), each `residue_loss`
+    also comes as `loss_minus_unigram`: below 0 means the model predicts residues better than their
+    frequencies alone.
     """
-    nll, tokens, correct, residues = (np.asarray(sums[k], np.float64) for k in SUM_KEYS)
+    totals = {k: np.asarray(sums[k], np.float64) for k in SUM_KEYS}
+    groups = [(name, i) for i, name in enumerate(task_names)]
+    if len(task_names) > 1:
+        groups.append((mixture_name(task_names), slice(None)))
     out = {}
-    if tokens.sum() > 0:
-        out[f"{prefix}/loss"] = float(nll.sum() / tokens.sum())
-    if residues.sum() > 0:
-        out[f"{prefix}/accuracy"] = float(correct.sum() / residues.sum())
-    for i, name in enumerate(task_names):
-        if tokens[i] > 0:
-            out[f"{prefix}/{name}/loss"] = float(nll[i] / tokens[i])
-        if residues[i] > 0:
-            out[f"{prefix}/{name}/accuracy"] = float(correct[i] / residues[i])
+    for name, rows in groups:
+        nll, tokens, correct, residues, residue_nll = (np.sum(totals[k][rows]) for k in SUM_KEYS)
+        if tokens > 0:
+            out[f"{prefix}/{name}/loss"] = float(nll / tokens)
+        if residues > 0:
+            out[f"{prefix}/{name}/accuracy"] = float(correct / residues)
+            out[f"{prefix}/{name}/residue_loss"] = float(residue_nll / residues)
+            if unigram_floor is not None:
+                out[f"{prefix}/{name}/loss_minus_unigram"] = float(residue_nll / residues - unigram_floor)
     return out
 
 
@@ -169,13 +182,14 @@ def device_batch(batch: dict, mesh) -> dict:
     return shard_batch(arrays, mesh) if mesh is not None else jax.device_put(arrays)
 
 
-def evaluate(eval_step, state, batches: Sequence[dict], task_names, prefix: str = "eval") -> dict[str, float]:
-    """Token-weighted loss and residue accuracy over fixed held-out batches (already on device)."""
+def evaluate(eval_step, state, batches: Sequence[dict], task_names, prefix: str = "eval",
+             unigram_floor: float | None = None) -> dict[str, float]:
+    """Token-weighted losses and residue accuracy over fixed held-out batches (already on device)."""
     totals = None
     for batch in batches:
         sums = eval_step(state, batch)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    return summarize(jax.device_get(totals), task_names, prefix) if totals is not None else {}
+    return summarize(jax.device_get(totals), task_names, prefix, unigram_floor) if totals is not None else {}
 
 
 # ---- the loop ---------------------------------------------------------------------------------------
@@ -189,6 +203,9 @@ class LoopSettings:
     progress_every_s: float = 5.0
     tokens_per_step: int = 0
     dropout: bool = False
+    # Residue-frequency entropy of the training data in nats (ankh3.data.frequencies.unigram_entropy):
+    # each held-out residue loss is shown beside it. None: not measured, not shown.
+    unigram_floor: float | None = None
 
 
 @dataclasses.dataclass
@@ -212,12 +229,16 @@ class Progress:
         if not force and now - self._last < self.every_s:
             return
         self._last = now
-        parts = [f"step {step}/{self.total}", f"loss {metrics.get('train/loss', float('nan')):.4f}"]
-        per_task = [f"{t} {metrics[f'train/{t}/loss']:.3f}" for t in task_names if f"train/{t}/loss" in metrics]
-        if per_task:
-            parts[-1] += f" ({', '.join(per_task)})"
-        if "eval/loss" in metrics:
-            parts.append(f"eval {metrics['eval/loss']:.4f}")
+        parts = [f"step {step}/{self.total}"]
+        for split in ("train", "eval"):
+            losses = [f"{t} {metrics[f'{split}/{t}/loss']:.3f}" for t in task_names if f"{split}/{t}/loss" in metrics]
+            if losses:
+                parts.append(f"{split} {', '.join(losses)}")
+        floor = metrics.get(UNIGRAM_KEY)
+        beside = [f"{t} {metrics[f'eval/{t}/loss_minus_unigram']:+.3f}" for t in task_names
+                  if f"eval/{t}/loss_minus_unigram" in metrics]
+        if floor is not None and beside:
+            parts.append(f"eval per residue - unigram {floor:.3f}: {', '.join(beside)}")
         if steps_per_s > 0:
             parts.append(f"{steps_per_s:.2f} steps/s")
             parts.append(f"ETA {format_duration((self.total - step) / steps_per_s)}")
@@ -285,11 +306,13 @@ def train_loop(*, state, train_step, eval_step, batches: Iterator[dict], eval_ba
                 metrics["train/learning_rate"] = float(schedule(step - 1))
             window, window_start, window_steps = [], time.monotonic(), 0
         if due_eval:
-            metrics.update(evaluate(eval_step, state, eval_batches, task_names))
+            metrics.update(evaluate(eval_step, state, eval_batches, task_names, unigram_floor=settings.unigram_floor))
             window_start = time.monotonic()  # throughput counts training only
         if metrics:
             if first_step_s is not None and step == start_step + 1:
                 metrics["perf/first_step_s"] = first_step_s
+            if settings.unigram_floor is not None and UNIGRAM_KEY not in latest:
+                metrics[UNIGRAM_KEY] = float(settings.unigram_floor)
             latest.update(metrics)
             history.append(step, metrics)
             if tracker is not None:
@@ -351,10 +374,14 @@ def read_history(path: str) -> list[dict]:
 
 
 def loss_curves(records: Sequence[dict], task_names: Sequence[str]) -> dict[str, dict[str, list]]:
-    """{objective: {'train': [(step, loss)], 'eval': [...]}} from history records, plus 'all'."""
+    """{name: {'train': [(step, loss)], 'eval': [...], 'eval per residue': [...], 'unigram floor': [...]}}
+    from history records, per objective and (with several) for the mixture under its name."""
     curves = {}
-    for name in ("all", *task_names):
-        key = "loss" if name == "all" else f"{name}/loss"
-        curves[name] = {split: [(r["step"], r[f"{split}/{key}"]) for r in records if f"{split}/{key}" in r]
-                        for split in ("train", "eval")}
+    floor = [(r["step"], r[UNIGRAM_KEY]) for r in records if UNIGRAM_KEY in r][-1:]
+    names = (*task_names, mixture_name(task_names)) if len(task_names) > 1 else tuple(task_names)
+    for name in names:
+        series = {"train": f"train/{name}/loss", "eval": f"eval/{name}/loss",
+                  "eval per residue": f"eval/{name}/residue_loss"}
+        curves[name] = {label: [(r["step"], r[key]) for r in records if key in r] for label, key in series.items()}
+        curves[name]["unigram floor"] = floor
     return curves

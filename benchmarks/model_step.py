@@ -1,11 +1,19 @@
-"""Training-step throughput of our T5 against HF transformers' T5 (PyTorch), on the same machine.
+"""Training-step throughput of our T5 against HF transformers' T5 (PyTorch) and against GEMM ceilings.
 
-    python benchmarks/model_step.py                      # CPU reference shape, HF eager in the same run
+    python benchmarks/model_step.py                      # CPU reference shape: ceilings, HF f32 + autocast, ours
     python benchmarks/model_step.py --torch_compile      # also HF with torch.compile
     python benchmarks/model_step.py --shape=ankh3_large --dtype=bfloat16 --no_hf   # GPU: MFU
 
 One step = forward, backward and an AdamW update on a fixed random batch. Times are medians of
-`--steps` steps after `--warmup`; ours is one jitted function with the state donated.
+`--steps` steps after `--warmup`; ours is one jitted function with the state donated. Every runner
+takes its turn step by step, so all see the same load on a shared machine.
+
+The ceilings are runners too: one "GEMM step" runs every matrix product of a training step
+(forward, and both products of each in the backward, at the model's shapes, attention's batched
+products included) as plain matmuls and nothing else, in JAX float32, JAX bfloat16 and torch
+bfloat16. Their FLOPs are exactly the step's model FLOPs below, so "fraction of the JAX float32
+ceiling" = GEMM-step time / our step time: what our step would reach if everything but its
+matmuls were free and each matmul ran as fast as XLA runs it alone.
 
 Model FLOPs per step (what MFU counts; remat recomputation is not counted), with B batch,
 Le/Ld encoder/decoder length, D model width, I = heads * d_kv, F feed-forward width, V vocab,
@@ -21,6 +29,7 @@ MFU = step FLOPs / step time / peak; peak = 989 TFLOP/s (H100 SXM dense bf16).
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import os
 import statistics
@@ -34,7 +43,7 @@ import optax
 from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
-from ankh3.model import T5, ModelConfig, get_shape  # noqa: E402
+from ankh3.model import T5, ModelConfig, attention_impl, get_shape  # noqa: E402
 
 H100_BF16_PEAK = 989e12
 
@@ -43,16 +52,20 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="bench_cpu")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--attention", default=None, help="default: cudnn on GPU, einsum elsewhere")
+    p.add_argument("--attention", default="auto", help="auto: cpu_kernels on CPU, cudnn/xla on accelerators")
     p.add_argument("--remat", default="none")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--enc_len", type=int, default=512)
     p.add_argument("--dec_len", type=int, default=128)
     p.add_argument("--steps", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--no_hf", action="store_true", help="skip the PyTorch/HF comparison")
+    p.add_argument("--no_hf", action="store_true", help="skip the PyTorch/HF comparison and the torch ceiling")
+    p.add_argument("--no_ceilings", action="store_true", help="skip the GEMM-step ceilings")
+    p.add_argument("--also_bf16", action="store_true", help="also time ours with dtype bfloat16")
     p.add_argument("--torch_compile", action="store_true", help="also time HF under torch.compile")
     p.add_argument("--compile_depths", default="4,48", help="encoder depths for the compile-time figure ('' skips)")
+    p.add_argument("--profile_dir", default="", help="also trace 2 of our steps there (jax.profiler) and print "
+                   "where their time goes, by kind of XLA op")
     p.add_argument("--peak_flops", type=float, default=H100_BF16_PEAK)
     return p.parse_args(argv)
 
@@ -65,6 +78,63 @@ def step_flops(cfg: ModelConfig, batch: int, le: int, ld: int) -> float:
               + le * nd * 2 * d * i + ld * d * v)
     attention = 4 * batch * i * (ne * le * le + nd * ld * ld + nd * ld * le)
     return 3.0 * (2.0 * batch * matmul + attention)
+
+
+def step_gemms(cfg: ModelConfig, batch: int, le: int, ld: int) -> list[tuple[int, int, int, int]]:
+    """Every matrix product of one training step as (batch, m, k, n): [batch] x [m, k] @ [k, n].
+
+    The forward's products, then for each its two backward products (dA = dC B^T, dB = A^T dC);
+    projections act on all B*L tokens at once, attention's products are batched over B*heads.
+    """
+    d, i, f, v, kv = cfg.d_model, cfg.inner_dim, cfg.d_ff, cfg.vocab_size, cfg.d_kv
+    me, md, bn = batch * le, batch * ld, batch * cfg.num_heads
+    dense = ([(me, d, i)] * 3 + [(me, i, d)] + [(me, d, f)] * 2 + [(me, f, d)]) * cfg.num_encoder_layers
+    dense += ([(md, d, i)] * 4 + [(md, i, d)] * 2 + [(me, d, i)] * 2 + [(md, d, f)] * 2 + [(md, f, d)]) \
+        * cfg.num_decoder_layers + [(md, d, v)]
+    batched = [(le, kv, le), (le, le, kv)] * cfg.num_encoder_layers
+    batched += [(ld, kv, ld), (ld, ld, kv), (ld, kv, le), (ld, le, kv)] * cfg.num_decoder_layers
+    forward = [(1, m, k, n) for m, k, n in dense] + [(bn, m, k, n) for m, k, n in batched]
+    backward = [g for b, m, k, n in forward for g in ((b, m, n, k), (b, k, m, n))]
+    return forward + backward
+
+
+def gemm_flops(gemms) -> float:
+    return float(sum(2 * b * m * k * n for b, m, k, n in gemms))
+
+
+def jax_gemm_runner(gemms, dtype):
+    """Run every product of `gemms` once, each as its own jitted matmul (nothing else in the program)."""
+    matmul = jax.jit(jnp.matmul)
+    counts = collections.Counter(gemms)
+    rng = np.random.default_rng(0)
+    operands = {shape: (jnp.asarray(rng.normal(size=(shape[0], shape[1], shape[2])), dtype),
+                        jnp.asarray(rng.normal(size=(shape[0], shape[2], shape[3])), dtype)) for shape in counts}
+
+    def run():
+        for shape, count in counts.items():
+            a, b = operands[shape]
+            for _ in range(count):
+                matmul(a, b).block_until_ready()
+
+    return run
+
+
+def torch_gemm_runner(gemms, dtype_name: str):
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    counts = collections.Counter(gemms)
+    operands = {shape: (torch.randn(shape[0], shape[1], shape[2], dtype=dtype),
+                        torch.randn(shape[0], shape[2], shape[3], dtype=dtype)) for shape in counts}
+
+    def run():
+        with torch.no_grad():
+            for shape, count in counts.items():
+                a, b = operands[shape]
+                for _ in range(count):
+                    torch.matmul(a, b)
+
+    return run
 
 
 def make_batch(cfg: ModelConfig, batch: int, le: int, ld: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -132,6 +202,31 @@ def jax_runner(cfg: ModelConfig, batch):
     return run, compile_s
 
 
+def profile_ours(run, trace_dir: str, steps: int = 2) -> dict[str, float]:
+    """Seconds per step spent in each kind of XLA:CPU op (name without its .N suffix), summed over threads.
+
+    ynn_fusion/dot are the matmuls; wrapped_broadcast and copy are mostly scan's zero-filled buffers.
+    """
+    import glob
+    import gzip
+    import json
+    import re
+
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        for _ in range(steps):
+            run()
+    path = sorted(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True))[-1]
+    with gzip.open(path) as f:
+        events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    totals = collections.Counter()
+    for event in events:
+        name = event.get("name", "")
+        if event.get("ph") == "X" and not name.startswith(("ThunkExecutor", "$", "SlinkyThreadPool", "while", "Pjit")):
+            totals[re.sub(r"\.\d+$", "", name)] += event.get("dur", 0) * 1e-6 / steps
+    return dict(totals.most_common())
+
+
 def compile_seconds(cfg: ModelConfig, batch) -> float:
     """Lower + compile the full training step from abstract state (nothing allocated)."""
     step, state = make_jax_step(nnx.eval_shape(lambda: make_model_and_optimizer(cfg)))
@@ -151,8 +246,14 @@ def hf_model(cfg: ModelConfig):
     return model.train()
 
 
-def hf_runner(cfg: ModelConfig, batch, compile_model: bool):
-    """Run one HF training step (forward, backward, AdamW), eager or under torch.compile."""
+def hf_runner(cfg: ModelConfig, batch, compile_model: bool, autocast: bool = False):
+    """Run one HF training step (forward, backward, AdamW), eager or under torch.compile.
+
+    autocast: the forward under `torch.autocast("cpu", torch.bfloat16)` (float32 parameters, bf16
+    matmuls), the one-line change a torch user makes for speed on a CPU with bf16 instructions.
+    """
+    import contextlib
+
     import torch
 
     model = hf_model(cfg)
@@ -163,36 +264,63 @@ def hf_runner(cfg: ModelConfig, batch, compile_model: bool):
 
     def run():
         optimizer.zero_grad(set_to_none=True)
-        out = forward(input_ids=inputs["encoder_tokens"], attention_mask=mask,
-                      decoder_input_ids=inputs["decoder_inputs"], labels=inputs["decoder_targets"].long())
+        with torch.autocast("cpu", torch.bfloat16) if autocast else contextlib.nullcontext():
+            out = forward(input_ids=inputs["encoder_tokens"], attention_mask=mask,
+                          decoder_input_ids=inputs["decoder_inputs"], labels=inputs["decoder_targets"].long())
         out.loss.backward()
         optimizer.step()
 
     return run
 
 
+OURS = "ours (jax, jit+donate)"
+JAX_F32_CEILING = "ceiling: JAX f32 GEMM step"
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    attention = args.attention or ("cudnn" if jax.default_backend() == "gpu" else "einsum")
-    cfg = get_shape(args.shape, dtype=args.dtype, attention=attention, remat=args.remat)
+    cfg = get_shape(args.shape, dtype=args.dtype, attention=args.attention, remat=args.remat)
     batch = make_batch(cfg, args.batch, args.enc_len, args.dec_len)
     flops = step_flops(cfg, args.batch, args.enc_len, args.dec_len)
+    gemms = step_gemms(cfg, args.batch, args.enc_len, args.dec_len)
+    assert abs(gemm_flops(gemms) / flops - 1) < 1e-9, "the GEMM step must do the step's model FLOPs"
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  shape={args.shape} dtype={args.dtype} "
-          f"attention={attention} remat={args.remat} batch={args.batch} Le={args.enc_len} Ld={args.dec_len}")
+          f"attention={attention_impl(cfg)} remat={args.remat} batch={args.batch} Le={args.enc_len} "
+          f"Ld={args.dec_len}  load average {os.getloadavg()[0]:.1f}  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     run_ours, compile_s = jax_runner(cfg, batch)
-    runners = {"ours (jax, jit+donate)": run_ours}
+    runners = {OURS: run_ours}
+    if args.also_bf16:
+        runners["ours, bfloat16 compute"] = jax_runner(dataclasses.replace(cfg, dtype="bfloat16"), batch)[0]
+    if not args.no_ceilings:
+        runners[JAX_F32_CEILING] = jax_gemm_runner(gemms, jnp.float32)
+        runners["ceiling: JAX bf16 GEMM step"] = jax_gemm_runner(gemms, jnp.bfloat16)
+        if not args.no_hf:
+            runners["ceiling: torch bf16 GEMM step"] = torch_gemm_runner(gemms, "bfloat16")
     if not args.no_hf:
-        runners["HF T5 torch eager"] = hf_runner(cfg, batch, compile_model=False)
+        runners["HF T5 torch eager f32"] = hf_runner(cfg, batch, compile_model=False)
+        runners["HF T5 eager, bf16 autocast"] = hf_runner(cfg, batch, compile_model=False, autocast=True)
         if args.torch_compile:
             runners["HF T5 torch.compile"] = hf_runner(cfg, batch, compile_model=True)
     times = time_interleaved(runners, args.steps, args.warmup)
-    ours = times.pop("ours (jax, jit+donate)")
-    rate = f"{flops / 1e9:.1f} GFLOP/step, {flops / ours / 1e9:.1f} GFLOP/s"
-    if jax.default_backend() == "gpu":
-        rate += f", MFU {flops / ours / args.peak_flops:.1%} of {args.peak_flops / 1e12:.0f} TFLOP/s"
-    print(f"ours (jax, jit+donate):  {ours * 1e3:8.1f} ms/step   (compile {compile_s:.1f} s)   {rate}")
+    ours = times[OURS]
+    print(f"{flops / 1e9:.1f} GFLOP per step (model FLOPs); compile of ours {compile_s:.1f} s; "
+          f"load average after {os.getloadavg()[0]:.1f}")
     for name, seconds in times.items():
-        print(f"{name + ':':24s} {seconds * 1e3:8.1f} ms/step   ratio HF/ours = {seconds / ours:.2f}x")
+        line = f"{name + ':':32s} {seconds * 1e3:8.1f} ms/step  {flops / seconds / 1e9:7.1f} GFLOP/s"
+        if name != OURS:
+            line += f"   time / ours = {seconds / ours:.2f}x"
+        print(line)
+    if jax.default_backend() == "gpu":
+        print(f"MFU {flops / ours / args.peak_flops:.1%} of {args.peak_flops / 1e12:.0f} TFLOP/s")
+    if JAX_F32_CEILING in times:
+        print(f"ours reaches {times[JAX_F32_CEILING] / ours:.0%} of the JAX float32 GEMM ceiling "
+              f"({flops / times[JAX_F32_CEILING] / 1e9:.0f} GFLOP/s measured in this run)")
+    if args.profile_dir:
+        kinds = profile_ours(run_ours, args.profile_dir)
+        total = sum(kinds.values())
+        print(f"where our step's op time goes ({total * 1e3:.0f} ms of op time per step, all threads):")
+        for kind, seconds in list(kinds.items())[:12]:
+            print(f"  {kind:36s} {seconds * 1e3:8.1f} ms  {seconds / total:6.1%}")
     for depth in [int(d) for d in args.compile_depths.split(",") if d]:
         deep = dataclasses.replace(cfg, num_encoder_layers=depth, num_decoder_layers=max(1, depth // 2))
         print(f"compile time, {depth} encoder / {max(1, depth // 2)} decoder layers: "

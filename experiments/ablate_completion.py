@@ -3,6 +3,8 @@
     python launch/run.py --config=experiments/ablate_completion.py:0.75         # tiny model; a few minutes on a 2-core CPU
     python launch/run.py --config=experiments/ablate_completion.py:0.75@small   # any shape of experiments/base.py
 
+The decoder completes the last int(L*f) residues of the cut sequence (L <= data.max_residues), the encoder
+reads the rest: at the Ankh3 cut of 512, 0.25 -> 384+128, 0.5 -> 256+256, 0.75 -> 128+384 residues.
 `variable` draws the fraction uniformly per sequence from the (lo, hi) range config.objectives.s2s.fraction;
 the fixed variants set lo == hi.
 """

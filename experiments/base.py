@@ -3,10 +3,14 @@
     python launch/run.py --config=experiments/base.py                  # tiny: ~5 min on a quiet 2-core CPU (see below)
     python launch/run.py --config=experiments/base.py:ankh3@ankh3_large  # 1.88B; accelerators (bf16, remat)
 
+Every sequence is cut to data.max_residues (512 at the Ankh3 shapes, 128 tiny, 256 small; a random window,
+data.crop) before its objective: completion then gives the encoder 256 residues and the decoder 256
+(`int(L*0.5)`). Where the paper is silent (where the cut falls, lengths, draws): docs/assumptions.md.
+
 ARG is ankh3@SHAPE like every family's VARIANT@SHAPE (the family has the one variant `ankh3`); a bare
 SHAPE (tiny default, small, ankh3_large, ankh3_xl) is accepted too since the shape is all that changes.
 
-Measured cost of the tiny default (2-core CPU, quiet): 1,200 steps of pretraining at ~13 steps/s
+Measured cost of the tiny default (2-core CPU, quiet; before the 128-residue cut, at 128/96 tokens, now 136/104): 1,200 steps of pretraining at ~13 steps/s
 (1.8 min with compilation), then probes of ssp3/contact/gb1 on 200 examples per split, 3 seeds, for
 the model, one-hot and random-encoder controls (3.3 min): 5.1 min in all; up to ~1.5x that on a
 machine shared with other jobs. At this budget the model does not clearly beat the random encoder

@@ -5,29 +5,52 @@ steps or the batch shape, so that their variants are compared at equal compute.
 """
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from ankh3.config import ConfigError, model_section, record_budget
+from ankh3.objectives import Completion, Mixture, SpanCorruption
+from ankh3.tokenizer import Tokenizer
+
+# UL2's X-denoiser (Tay et al. 2022, "UL2", section 3.1.2): (noise density, mean span length) settings,
+# one drawn per sequence, all under the task token [NLG].
+UL2_X_DENOISERS = ((0.5, 3.0), (0.5, 8.0), (0.15, 64.0), (0.5, 64.0))
+
+# The widest objectives any family or sweep here draws: sequence lengths per shape are sized for them,
+# so every variant of a family runs at the same batch shape (equal compute).
+WIDEST_OBJECTIVES = Mixture(((SpanCorruption((0.15, 0.4), 1.0), 1.0),  # one sentinel per residue: L + 2 inputs
+                             (Completion(0.75), 1.0),  # ablate_completion's largest fraction: 3/4 of L + 1 targets
+                             (SpanCorruption(*zip(*UL2_X_DENOISERS), "[NLG]"), 1.0)))
+
+
+def sequence_lengths(max_residues: int, vocab_size: int) -> tuple[int, int]:
+    """(encoder, decoder) tokens for sequences cut to max_residues: what WIDEST_OBJECTIVES need,
+    rounded up to a multiple of 8 (accelerators tile by 8 or more; the padding is counted as compute)."""
+    sentinels = Tokenizer.default(vocab_size).num_sentinels
+    need_in, need_out = WIDEST_OBJECTIVES.needed_lengths(max_residues, sentinels)
+    return 8 * math.ceil(need_in / 8), 8 * math.ceil(need_out / 8)
 
 # Per model shape: what one run costs. `tiny` trains on this repo's bundle on a 2-core CPU in a few
-# minutes; the Ankh3 shapes are for accelerators (lengths and batch as in the paper's setup).
+# minutes; the Ankh3 shapes are for accelerators (the 512-residue cut and batch as in the paper's setup).
+# Encoder and decoder lengths follow from max_residues (`sequence_lengths`): 512 -> 520 / 416 tokens.
 RUN_SIZES = {
     # 5.1 min on a quiet 2-core CPU (1.8 min pretraining at ~13 steps/s, 3.3 min of probes: 200
     # examples per split, 3 seeds). The held-out loss levels off from ~1,000 steps at this shape:
     # 2,000 steps gave the same eval loss and probe scores (within a std), so they are not spent.
-    "tiny": dict(batch_size=16, encoder_length=128, decoder_length=96, steps=1200, warmup_steps=50,
+    "tiny": dict(batch_size=16, max_residues=128, steps=1200, warmup_steps=50,
                  learning_rate=1e-2, eval_every=200, eval_batches=8, checkpoint_every=400, log_every=10,
                  compute_dtype="float32", remat="none", downstream_epochs=2, downstream_max_per_split=200,
                  downstream_seeds=(0, 1, 2)),
-    "small": dict(batch_size=64, encoder_length=256, decoder_length=192, steps=20_000, warmup_steps=1_000,
+    "small": dict(batch_size=64, max_residues=256, steps=20_000, warmup_steps=1_000,
                   learning_rate=1e-2, eval_every=1_000, eval_batches=20, checkpoint_every=2_000, log_every=50,
                   compute_dtype="auto", remat="none", downstream_epochs=10, downstream_max_per_split=0,
                   downstream_seeds=(0,)),
-    "ankh3_large": dict(batch_size=256, encoder_length=512, decoder_length=384, steps=200_000, warmup_steps=10_000,
+    "ankh3_large": dict(batch_size=256, max_residues=512, steps=200_000, warmup_steps=10_000,
                         learning_rate=1e-2, eval_every=2_000, eval_batches=50, checkpoint_every=2_000,
                         log_every=100, compute_dtype="auto", remat="dots", downstream_epochs=10,
                         downstream_max_per_split=0, downstream_seeds=(0,)),
-    "ankh3_xl": dict(batch_size=256, encoder_length=512, decoder_length=384, steps=200_000, warmup_steps=10_000,
+    "ankh3_xl": dict(batch_size=256, max_residues=512, steps=200_000, warmup_steps=10_000,
                      learning_rate=1e-2, eval_every=2_000, eval_batches=50, checkpoint_every=2_000,
                      log_every=100, compute_dtype="auto", remat="full", downstream_epochs=10,
                      downstream_max_per_split=0, downstream_seeds=(0,)),
@@ -84,6 +107,16 @@ def span_corruption(weight: float, noise_density=(0.15, 0.2, 0.3), mean_span_len
                 mean_span_length=mean_span_length, task_token=task_token, density_granularity="batch")
 
 
+def x_denoiser(weight: float, settings=UL2_X_DENOISERS) -> dict:
+    """UL2's X-denoiser under [NLG]: one (noise density, mean span length) of `settings` drawn per sequence.
+
+    The default is UL2's set; a single pair, e.g. ((0.5, 3.0),), is one X-denoising setting alone.
+    """
+    densities, spans = zip(*((float(r), float(mu)) for r, mu in settings))
+    return dict(type="span_corruption", weight=weight, noise_density=densities, mean_span_length=spans,
+                task_token="[NLG]", density_granularity="example")
+
+
 def completion(weight: float, fraction=0.5, task_token: str = "[S2S]") -> dict:
     """Sequence completion: the encoder reads the first 1-f of a sequence, the decoder writes the rest.
 
@@ -106,12 +139,15 @@ def ankh3_recipe(shape: str = "tiny", family: str = "base", variant: str | None 
     c.model.dtype = size["compute_dtype"]  # auto: bfloat16 on accelerators, float32 on CPU; params stay float32
     c.init_from = ""  # a directory written by ankh3.hf_checkpoint to start from published weights
 
+    encoder_length, decoder_length = sequence_lengths(size["max_residues"], c.model.vocab_size)
     c.data = ml_collections.ConfigDict(dict(
         train="data/pretrain/train.fasta.xz",
         valid="data/pretrain/valid.fasta.xz",
         batch_size=size["batch_size"],
-        encoder_length=size["encoder_length"],
-        decoder_length=size["decoder_length"],
+        max_residues=size["max_residues"],  # every sequence is cut to this many residues before its objective
+        crop="random",  # where the cut falls: 'random' window or 'start' (why: ankh3/data/pipeline.py CROPS)
+        encoder_length=encoder_length,  # tokens; sized for max_residues by sequence_lengths()
+        decoder_length=decoder_length,
         min_residues=8,  # shorter sequences are skipped
         worker_count=0,  # Grain worker processes; 0 reads in the main process
         on_invalid="x",  # residues outside the vocabulary become X

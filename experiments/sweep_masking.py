@@ -12,10 +12,10 @@ probe) and PRUNE_ON is the held-out loss reported to the pruner at every evaluat
 are scored on batches masked by the trial's own recipe, so they rank trials only roughly (a recipe
 that masks more is harder); the downstream objective compares trials on equal terms.
 """
-from experiments.common import RUN_SIZES, ankh3_recipe, pick, span_corruption
+from experiments.common import RUN_SIZES, ankh3_recipe, pick, x_denoiser
 
 OBJECTIVE = ("ssp3/model/valid/q3_mean", "maximize")  # secondary structure Q3 on the validation split
-PRUNE_ON = "eval/loss"
+PRUNE_ON = "eval/s2s/loss"  # completion is in every trial; the pooled mixture name changes with nlg.share
 PRUNER = "median"  # or 'halving' (successive halving) or 'none'
 # The masking probabilities a trial may draw per batch; each member of a set gets a weight 1..3.
 PROBABILITY_SETS = ("0.15", "0.15,0.3", "0.15,0.2,0.3", "0.1,0.2,0.3,0.4", "0.2,0.4")
@@ -25,7 +25,7 @@ def get_config(arg=None):
     shape = pick(arg, tuple(RUN_SIZES), "sweep_masking", default="tiny")
     c = ankh3_recipe(shape, family="sweep_masking", variant="trial")
     # Present with weight 0 (skipped by the mixture) so that a trial can give it a share.
-    c.objectives.nlg = span_corruption(0.0, noise_density=(0.5,), mean_span_length=12.0, task_token="[NLG]")
+    c.objectives.nlg = x_denoiser(0.0)  # UL2's X-denoiser settings
     return c
 
 

@@ -81,7 +81,7 @@ def load_spec(spec: str, objective: str | None = None, direction: str | None = N
     pruner = pruner or getattr(module, "PRUNER", "median")
     if pruner not in PRUNERS:
         raise SweepError(f"pruner {pruner!r}: use one of {', '.join(PRUNERS)}")
-    return SweepSpec(path, arg, module, metric, direction, getattr(module, "PRUNE_ON", "eval/loss"), pruner)
+    return SweepSpec(path, arg, module, metric, direction, getattr(module, "PRUNE_ON", "eval/s2s/loss"), pruner)
 
 
 def format_override(key: str, value) -> str:

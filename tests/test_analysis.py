@@ -16,14 +16,14 @@ from analysis import aggregate
 from analysis.published import reference_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# eval/loss of each (variant, seed): 'alt' is lower than 'base' by 0.5, 0.7 and 0.9 on seeds 0..2.
+# eval/mix_nlu_s2s/loss of each (variant, seed): 'alt' is lower than 'base' by 0.5, 0.7 and 0.9 on seeds 0..2.
 FINAL = {("base", 0): 3.0, ("base", 1): 3.4, ("base", 2): 2.8, ("alt", 0): 2.5, ("alt", 1): 2.7, ("alt", 2): 1.9,
          ("alt", 3): 9.9}  # seed 3 of alt has no baseline partner
 Q3 = {("base", 0): 0.60, ("base", 1): 0.62, ("base", 2): 0.61, ("alt", 0): 0.65, ("alt", 1): 0.66, ("alt", 2): 0.64}
 
 
 def make_runs(uri: str, family: str = "fam") -> None:
-    """Finished runs shaped like launch/run.py's: eval/loss curves, a downstream child per run."""
+    """Finished runs shaped like launch/run.py's: eval/mix_nlu_s2s/loss curves, a downstream child per run."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
@@ -32,10 +32,10 @@ def make_runs(uri: str, family: str = "fam") -> None:
     for (variant, seed), final in FINAL.items():
         tags = {"family": family, "variant": variant, "seed": str(seed), "config_hash": variant * 3}
         run = client.create_run(experiment_id, run_name=f"{variant}-s{seed}", tags=tags)
-        curve = [Metric("eval/loss", final + 2.0 / step, 0, step) for step in (1, 2, 4, 8)]
+        curve = [Metric("eval/mix_nlu_s2s/loss", final + 2.0 / step, 0, step) for step in (1, 2, 4, 8)]
         curve += [Metric("eval/nlu/loss", final + 1.0 / step, 0, step) for step in (1, 2, 4, 8)]
-        curve += [Metric("train/loss", final + 3.0 / step, 0, step) for step in (1, 2, 4, 8)]
-        curve[3] = Metric("eval/loss", final, 0, 8)
+        curve += [Metric("train/mix_nlu_s2s/loss", final + 3.0 / step, 0, step) for step in (1, 2, 4, 8)]
+        curve[3] = Metric("eval/mix_nlu_s2s/loss", final, 0, 8)
         client.log_batch(run.info.run_id, metrics=curve)
         if (variant, seed) in Q3:
             child = client.create_run(experiment_id, run_name="ssp3/model",
@@ -46,7 +46,7 @@ def make_runs(uri: str, family: str = "fam") -> None:
             client.log_batch(run.info.run_id, metrics=[Metric("downstream/ssp3/model/test/q3_mean", Q3[variant, seed], 0, 0)])
         client.set_terminated(run.info.run_id, "FINISHED")
     unfinished = client.create_run(experiment_id, run_name="base-s9", tags={"family": family, "variant": "base", "seed": "9"})
-    client.log_batch(unfinished.info.run_id, metrics=[Metric("eval/loss", 100.0, 0, 1)])  # RUNNING: never counted
+    client.log_batch(unfinished.info.run_id, metrics=[Metric("eval/mix_nlu_s2s/loss", 100.0, 0, 1)])  # RUNNING: never counted
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def report(tmp_path_factory):
     make_runs(uri)
     client = aggregate.connect(uri)
     result = aggregate.analyse_family(client, "fam", out_dir=str(tmp / "out"), baseline="base",
-                                      patterns=("eval/loss", "*/model/test/*_mean"))
+                                      patterns=("eval/mix_nlu_s2s/loss", "*/model/test/*_mean"))
     return tmp, uri, client, result
 
 
@@ -66,11 +66,11 @@ def row(result, metric, variant):
 
 def test_mean_sd_and_n_per_variant(report):
     _, _, _, result = report
-    base = row(result, "eval/loss", "base")
+    base = row(result, "eval/mix_nlu_s2s/loss", "base")
     assert base.n == 3 and base.seeds == [0, 1, 2]  # the RUNNING run is left out
     assert base.mean == pytest.approx(np.mean([3.0, 3.4, 2.8]))
     assert base.sd == pytest.approx(np.std([3.0, 3.4, 2.8], ddof=1))
-    assert row(result, "eval/loss", "alt").n == 4
+    assert row(result, "eval/mix_nlu_s2s/loss", "alt").n == 4
 
 
 def test_probe_metrics_copied_onto_the_parent_are_counted_once(report):
@@ -82,7 +82,7 @@ def test_probe_metrics_copied_onto_the_parent_are_counted_once(report):
 
 def test_paired_difference_uses_shared_seeds_with_a_bootstrap_ci(report):
     _, _, _, result = report
-    alt = row(result, "eval/loss", "alt")
+    alt = row(result, "eval/mix_nlu_s2s/loss", "alt")
     assert alt.pairs == 3  # seed 3 has no baseline run
     assert alt.diff == pytest.approx(-0.7)
     assert -0.9 <= alt.ci_low < alt.diff < alt.ci_high <= -0.5
@@ -94,7 +94,7 @@ def test_published_figures_are_marked_and_only_on_matching_metrics(report):
     _, _, _, result = report
     text = row(result, "ssp3/model/test/q3_mean", "base").published
     assert text.startswith("published (CASP12)") and "Ankh3-XL [NLU] 84.40%" in text
-    assert row(result, "eval/loss", "base").published == ""
+    assert row(result, "eval/mix_nlu_s2s/loss", "base").published == ""
     assert reference_text("ssp3/onehot/test/q3_mean") == ""  # a control has no published counterpart
     assert "not measured" in result.markdown
 
@@ -102,10 +102,10 @@ def test_published_figures_are_marked_and_only_on_matching_metrics(report):
 def test_markdown_csv_and_self_contained_html(report):
     tmp, _, _, result = report
     out = tmp / "out"
-    assert "| eval/loss | alt | 4 |" in result.markdown
+    assert "| eval/mix_nlu_s2s/loss | alt | 4 |" in result.markdown
     with open(out / "summary.csv") as f:
         rows = list(csv.DictReader(f))
-    alt = next(r for r in rows if r["metric"] == "eval/loss" and r["variant"] == "alt")
+    alt = next(r for r in rows if r["metric"] == "eval/mix_nlu_s2s/loss" and r["variant"] == "alt")
     assert alt["n"] == "4" and float(alt["ci95_low"]) < float(alt["diff_vs_baseline"]) < float(alt["ci95_high"])
     page = (out / "summary.html").read_text()
     pngs = [p for p in result.files if p.endswith(".png")]
@@ -118,7 +118,7 @@ def test_pngs_are_non_trivial_images(report):
 
     _, _, _, result = report
     names = {os.path.basename(p) for p in result.files if p.endswith(".png")}
-    assert {"curves_all.png", "curves_nlu.png", "downstream_ssp3_model_test_q3_mean.png"} <= names
+    assert {"curves_mix_nlu_s2s.png", "curves_nlu.png", "downstream_ssp3_model_test_q3_mean.png"} <= names
     for path in (p for p in result.files if p.endswith(".png")):
         image = imread(path)[..., :3]
         assert image.shape[0] >= 300 and image.shape[1] >= 300
@@ -134,8 +134,8 @@ def test_summary_run_holds_the_tables_and_plots(report):
     assert {os.path.basename(p) for p in result.files} <= logged
     # A second analysis does not count the summary run as a variant run.
     again = aggregate.analyse_family(client, "fam", out_dir=str(report[0] / "out2"), baseline="base",
-                                     patterns=("eval/loss",), log_run=False)
-    assert row(again, "eval/loss", "base").n == 3
+                                     patterns=("eval/mix_nlu_s2s/loss",), log_run=False)
+    assert row(again, "eval/mix_nlu_s2s/loss", "base").n == 3
 
 
 def run_cli(*args):
@@ -189,9 +189,9 @@ def test_same_analysis_through_a_tracking_server(tracking_server, tmp_path):
     make_runs(tracking_server)
     client = aggregate.connect(tracking_server)
     result = aggregate.analyse_family(client, "fam", out_dir=str(tmp_path / "out"), baseline="base",
-                                      patterns=("eval/loss",))
-    assert "| eval/loss | alt | 4 |" in result.markdown
-    assert row(result, "eval/loss", "alt").diff == pytest.approx(-0.7)
+                                      patterns=("eval/mix_nlu_s2s/loss",))
+    assert "| eval/mix_nlu_s2s/loss | alt | 4 |" in result.markdown
+    assert row(result, "eval/mix_nlu_s2s/loss", "alt").diff == pytest.approx(-0.7)
     logged = client.list_artifacts(result.summary_run_id, "summary")
     assert "summary.html" in {os.path.basename(a.path) for a in logged}
 

@@ -4,7 +4,7 @@ import pathlib
 
 import pytest
 
-from ankh3.config import ConfigError, build_mixture, model_config
+from ankh3.config import ConfigError, build_mixture, check_config, model_config, record_budget
 from experiments.common import RUN_SIZES
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
@@ -135,3 +135,37 @@ def test_tiny_default_probes_over_several_seeds_with_both_controls():
     assert len(set(c.downstream.seeds)) >= 2 and set(c.downstream.controls) == {"onehot", "random"}
     assert c.downstream.max_per_split > 0  # a bounded CPU run; the accelerator shapes probe everything
     assert get_config("base", "ankh3_large").downstream.max_per_split == 0
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+@pytest.mark.parametrize("shape", ("tiny", "ankh3_large"))
+def test_every_variant_fits_its_cut_into_the_shape_lengths(family, shape):
+    module = importlib.import_module(f"experiments.{family}")
+    for name in module.VARIANTS:
+        c = module.get_config(f"{name}@{shape}")
+        record_budget(c)
+        check_config(c)  # raises ConfigError naming the lengths needed if an objective does not fit
+
+
+@pytest.mark.parametrize("shape", ("ankh3_large", "ankh3_xl"))
+def test_ankh3_shapes_cut_at_512_and_complete_256_from_256(shape):
+    c = get_config("base", shape)
+    assert c.data.max_residues == 512 and c.data.crop == "random"
+    assert (c.data.encoder_length, c.data.decoder_length) == (520, 416)  # 512 + task + EOS, rounded up to 8
+    assert "cut to 512 residues (random)" in c.budget.layout and "s2s: 256+256 residues -> 258/257 tokens" in c.budget.layout
+
+
+def test_a_cut_longer_than_the_lengths_hold_is_one_line_naming_the_need():
+    c = get_config("base", None)
+    c.data.max_residues = 1000
+    with pytest.raises(ConfigError, match=r"^config.data.max_residues=1000 needs encoder_length >= 1002 and "
+                                          r"decoder_length >= \d+ for objectives nlu, s2s"):
+        check_config(c)
+
+
+def test_xdenoiser_on_is_ul2s_set_and_single_settings_are_variants():
+    on = build_mixture(get_config("ablate_xdenoiser", "on").objectives)
+    nlg = dict(zip(on.task_names, on.objectives))["nlg"]
+    assert nlg.task_token == "[NLG]" and nlg.settings == ((0.5, 3.0), (0.5, 8.0), (0.15, 64.0), (0.5, 64.0))
+    single = build_mixture(get_config("ablate_xdenoiser", "0.15_span64").objectives)
+    assert dict(zip(single.task_names, single.objectives))["nlg"].settings == ((0.15, 64.0),)

@@ -11,7 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A model and run small enough that one run.py process takes seconds (mostly imports and compiling).
 TINY = ("--config.train.steps=4", "--config.train.eval_every=2", "--config.train.log_every=1",
         "--config.train.checkpoint_every=2", "--config.train.eval_batches=1", "--config.data.batch_size=4",
-        "--config.data.encoder_length=32", "--config.data.decoder_length=32", "--config.model.d_model=32",
+        "--config.data.encoder_length=32", "--config.data.decoder_length=32", "--config.data.max_residues=28",
+        "--config.model.d_model=32",
         "--config.model.d_ff=64", "--config.model.num_heads=2", "--config.model.d_kv=16",
         "--config.model.num_encoder_layers=1", "--config.model.num_decoder_layers=1")
 # Compiled steps are kept between test runs (and test files): most of a tiny run's time is compiling.

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from ankh3.objectives import (Completion, Mixture, ObjectiveError, SpanCorruption, ankh3_mixture, count_spans,
-                              x_denoising)
+from ankh3.objectives import Completion, Mixture, ObjectiveError, SpanCorruption, count_spans, mixture_name
 from ankh3.tokenizer import Tokenizer
+from experiments.common import UL2_X_DENOISERS
 
 TOKENIZER = Tokenizer.default()
 RESIDUE_IDS = np.array([TOKENIZER.encode(c)[0] for c in "ACDEFGHIKLMNPQRSTVWY"], np.int32)
@@ -223,25 +223,42 @@ def test_sentinels_that_do_not_count_down_are_used_by_index():
                                       tokens[row, :lengths[row]])
 
 
-def test_x_denoising_has_its_own_token_and_extreme_settings():
-    objective = x_denoising()
-    assert objective.task_token == "[NLG]" and objective.task_name == "nlg"
-    assert objective.noise_density == 0.5 and objective.mean_span_length == 32.0
+def x_denoiser(settings=UL2_X_DENOISERS, **kwargs):
+    densities, spans = zip(*settings)
+    return SpanCorruption(densities, spans, "[NLG]", density_granularity="example", **kwargs)
+
+
+def test_x_denoiser_draws_one_paired_setting_per_sequence():
+    objective = x_denoiser()
+    assert objective.task_name == "nlg" and objective.settings == UL2_X_DENOISERS
     rng = np.random.default_rng(8)
-    sequence = rng.choice(RESIDUE_IDS, 400).astype(np.int32)
-    inputs, targets = objective(sequence, rng, TOKENIZER)
-    assert inputs[0] == TOKENIZER.task_id("[NLG]") and len(targets) == 200 + 6 + 1
+    tokens, lengths = random_batch(rng, 400, 512, 512)
+    inputs, targets = objective.apply(tokens, lengths, rng, TOKENIZER, 600, 600)
+    assert (inputs[:, 0] == TOKENIZER.task_id("[NLG]")).all()
+    # each row's (noise, spans) is one of the four UL2 settings' counts, never a density with another's span
+    expected = {tuple(int(v) for v in count_spans(512, r, mu, TOKENIZER.num_sentinels)[::2]) for r, mu in UL2_X_DENOISERS}
+    seen = collections.Counter()
+    for row in range(len(tokens)):
+        target = split_row(targets[row])
+        spans = int(np.isin(target, TOKENIZER.sentinel_ids).sum())
+        seen[(len(target) - spans, spans)] += 1
+    assert set(seen) == expected and min(seen.values()) > 60  # all four, each ~100 of 400
+
+
+def test_span_lengths_must_pair_with_densities():
+    with pytest.raises(ObjectiveError, match="one per density"):
+        SpanCorruption((0.5, 0.15), (3.0, 8.0, 64.0))
 
 
 @pytest.mark.parametrize("objective", [SpanCorruption((0.15, 0.3), 3.0), SpanCorruption(0.15, 1.0),
-                                       x_denoising(), Completion(0.5), Completion((0.2, 0.8))])
+                                       x_denoiser(), Completion(0.5), Completion((0.2, 0.8))])
 def test_max_residues_is_the_longest_length_that_always_fits(objective):
     enc, dec = 128, 64
     longest = objective.max_residues(enc, dec, TOKENIZER.num_sentinels)
-    setting = objective.noise_density if isinstance(objective, SpanCorruption) else objective.fraction
+    settings = objective.settings if isinstance(objective, SpanCorruption) else [(f,) for f in objective.fraction_bounds]
 
     def fits(length):
-        sizes = [objective.lengths(length, TOKENIZER.num_sentinels, s) for s in np.atleast_1d(setting)]
+        sizes = [objective.lengths(length, TOKENIZER.num_sentinels, *s) for s in settings]
         return all(i <= enc and o <= dec for i, o in sizes)
     assert all(fits(n) for n in range(2, longest + 1)) and not fits(longest + 1)
     rng = np.random.default_rng(9)
@@ -257,9 +274,27 @@ def test_completion_splits_the_sequence_at_the_fraction():
     rng = np.random.default_rng(10)
     sequence = rng.choice(RESIDUE_IDS, 101).astype(np.int32)
     inputs, targets = Completion(0.5)(sequence, rng, TOKENIZER)
-    tail = 50  # round(50.5) = 50, half to even as in T5
+    tail = 50  # int(101 * 0.5): the encoder gets the larger half, as the Ankh3 model card cuts
     np.testing.assert_array_equal(inputs, np.r_[TOKENIZER.task_id("[S2S]"), sequence[:101 - tail], TOKENIZER.eos_id])
     np.testing.assert_array_equal(targets, np.r_[sequence[101 - tail:], TOKENIZER.eos_id])
+
+
+@pytest.mark.parametrize("length,fraction,head,tail", [(512, 0.5, 256, 256), (103, 0.5, 52, 51), (101, 0.25, 76, 25),
+                                                      (10, 0.75, 3, 7), (2, 0.5, 1, 1), (3, 0.1, 2, 1)])
+def test_completion_gives_the_decoder_int_of_the_fraction(length, fraction, head, tail):
+    sequence = np.random.default_rng(length).choice(RESIDUE_IDS, length).astype(np.int32)
+    inputs, targets = Completion(fraction)(sequence, np.random.default_rng(0), TOKENIZER)
+    assert (len(inputs) - 2, len(targets) - 1) == (head, tail)
+    assert Completion(fraction).needed_lengths(length) == (head + 2, tail + 1)
+
+
+def test_needed_lengths_hold_every_shorter_sequence():
+    for objective in (SpanCorruption((0.15, 0.3)), x_denoiser(), Completion((0.25, 0.75))):
+        need_in, need_out = objective.needed_lengths(200, TOKENIZER.num_sentinels)
+        assert objective.max_residues(need_in, need_out, TOKENIZER.num_sentinels) >= 200
+        # one token fewer on either side no longer holds every sequence up to 200 residues
+        assert objective.max_residues(need_in - 1, need_out, TOKENIZER.num_sentinels) < 200
+        assert objective.max_residues(need_in, need_out - 1, TOKENIZER.num_sentinels) < 200
 
 
 def test_completion_with_a_range_draws_the_fraction_per_sequence():
@@ -286,7 +321,7 @@ def test_mixture_draws_objectives_per_example_in_proportion_to_weights():
 
 
 def test_mixture_per_batch_gives_every_example_of_a_batch_the_same_objective():
-    mixture = Mixture(((Completion(0.5), 1.0), (SpanCorruption(0.15), 1.0), (x_denoising(), 2.0)), granularity="batch")
+    mixture = Mixture(((Completion(0.5), 1.0), (SpanCorruption(0.15), 1.0), (x_denoiser(), 2.0)), granularity="batch")
     rng = np.random.default_rng(13)
     draws = [mixture.draw_tasks(16, rng) for _ in range(4000)]
     assert all(len(set(d.tolist())) == 1 for d in draws)
@@ -295,8 +330,8 @@ def test_mixture_per_batch_gives_every_example_of_a_batch_the_same_objective():
 
 
 def test_mixture_apply_routes_rows_to_their_objective_and_names_tasks():
-    mixture = ankh3_mixture(mean_span_length=3.0)
-    assert mixture.task_names == ("s2s", "nlu")
+    mixture = Mixture(((Completion(0.5), 0.5), (SpanCorruption((0.15, 0.2, 0.3), 3.0), 0.5)))
+    assert mixture.task_names == ("s2s", "nlu") and mixture.name == "mix_s2s_nlu"
     rng = np.random.default_rng(14)
     tokens, lengths = random_batch(rng, 64, 20, 120)
     tasks = mixture.draw_tasks(64, rng)
@@ -315,8 +350,9 @@ def test_mixture_apply_routes_rows_to_their_objective_and_names_tasks():
 def test_entries_sharing_a_task_token_get_distinct_names():
     mixture = Mixture(((SpanCorruption(0.15), 1.0), (SpanCorruption(0.5, 32.0), 1.0), (Completion(), 1.0)))
     assert mixture.task_names == ("nlu_0", "nlu_1", "s2s")
-    named = Mixture(((SpanCorruption(0.15, name="mlm"), 1.0), (x_denoising(name="xden"), 1.0)))
+    named = Mixture(((SpanCorruption(0.15, name="mlm"), 1.0), (x_denoiser(name="xden"), 1.0)))
     assert named.task_names == ("mlm", "xden")
+    assert mixture_name(("s2s",)) == "s2s"  # one objective: its own name, no second copy of its metrics
 
 
 @pytest.mark.parametrize("make", [

@@ -10,10 +10,11 @@ from etils import epath
 from ankh3.data import pipeline
 from ankh3.data.fasta import read_fasta
 from ankh3.data.pipeline import PipelineError, make_iterator
-from ankh3.objectives import Completion, Mixture, SpanCorruption, ankh3_mixture
+from ankh3.objectives import Completion, Mixture, SpanCorruption
 from ankh3.tokenizer import Tokenizer, TokenizeError
 
 TOKENIZER = Tokenizer.default()
+MIXTURE = Mixture(((Completion(0.5), 0.5), (SpanCorruption((0.15, 0.2, 0.3), 3.0), 0.5)))  # Ankh3's, spans of 3
 SHORT = ("MKV", "MSTNPK", "GSHMAS")  # prefixes of real sequences, below min_residues=10
 
 
@@ -32,15 +33,15 @@ def fasta(records, tmp_path_factory):
 
 
 def settings(**overrides):
-    base = dict(tokenizer=TOKENIZER, mixture=ankh3_mixture(mean_span_length=3.0), batch_size=4,
-                encoder_length=64, decoder_length=48, seed=5, min_residues=10, on_invalid="x")
+    base = dict(tokenizer=TOKENIZER, mixture=MIXTURE, batch_size=4, encoder_length=64, decoder_length=48, seed=5,
+                max_residues=60, min_residues=10, on_invalid="x")
     return {**base, **overrides}
 
 
 def full_length(records):
     """Lengths large enough that completion never crops any record."""
     longest = max(len(s) for _, s in records)
-    return dict(encoder_length=longest + 2, decoder_length=longest + 2)
+    return dict(encoder_length=longest + 2, decoder_length=longest + 2, max_residues=longest)
 
 
 def rebuild(batch, row, mixture):
@@ -63,7 +64,7 @@ def rebuild(batch, row, mixture):
 
 
 def test_batches_have_the_interface_keys_shapes_and_shifted_decoder_inputs(fasta):
-    mixture = ankh3_mixture(mean_span_length=3.0)
+    mixture = MIXTURE
     batch = next(make_iterator(fasta, **settings(mixture=mixture)))
     assert set(batch) == set(pipeline.BATCH_KEYS)
     for key, dtype, shape in (("encoder_tokens", np.int32, (4, 64)), ("decoder_inputs", np.int32, (4, 48)),
@@ -79,30 +80,41 @@ def test_batches_have_the_interface_keys_shapes_and_shifted_decoder_inputs(fasta
         assert (batch["encoder_tokens"][row] == TOKENIZER.eos_id).sum() == 1
 
 
-def test_every_example_is_a_window_of_a_record_cropped_to_fit(fasta, records):
+def test_every_example_is_a_window_of_a_record_cut_to_max_residues(fasta, records):
     sequences = [s for _, s in records]
-    mixture = ankh3_mixture(mean_span_length=3.0)
-    limits = mixture.max_residues(64, 48, TOKENIZER.num_sentinels)
-    iterator = make_iterator(fasta, **settings(mixture=mixture))
+    iterator = make_iterator(fasta, **settings())
     starts = []
     for batch in itertools.islice(iterator, 20):
         for row in range(4):
-            window = rebuild(batch, row, mixture)
-            assert len(window) <= limits[batch["task"][row]]
+            window = rebuild(batch, row, MIXTURE)
             homes = [s for s in sequences if window in s]
             assert homes, "an example must be a contiguous window of some record"
+            # one cut for every objective: the whole record up to 60 residues, 60 residues of a longer one
+            assert len(window) == min(len(homes[0]), 60)
             starts.append(homes[0].index(window))
     assert any(starts), "random crops start inside long records"
 
 
-def test_truncate_keeps_the_start_of_each_record(fasta, records):
+def test_start_crop_keeps_the_start_of_each_record(fasta, records):
     sequences = [s for _, s in records]
-    mixture = Mixture(((Completion(0.5), 1.0),))
-    iterator = make_iterator(fasta, **settings(mixture=mixture, crop="truncate"))
+    iterator = make_iterator(fasta, **settings(crop="start"))
     for batch in itertools.islice(iterator, 10):
         for row in range(4):
-            window = rebuild(batch, row, mixture)
-            assert any(s.startswith(window) for s in sequences)
+            window = rebuild(batch, row, MIXTURE)
+            assert any(s.startswith(window) and len(window) == min(len(s), 60) for s in sequences)
+
+
+def test_a_cut_the_objectives_do_not_fit_names_the_lengths_needed(fasta):
+    with pytest.raises(PipelineError, match="max_residues=100 needs encoder_length >= 52 and decoder_length >= 51"):
+        make_iterator(fasta, **settings(mixture=Mixture(((Completion(0.5), 1.0),)), max_residues=100))
+
+
+def test_without_max_residues_the_cut_is_the_longest_every_objective_fits(fasta, records):
+    iterator = make_iterator(fasta, **settings(mixture=Mixture(((Completion(0.5), 1.0),)), max_residues=None,
+                                               crop="start"))
+    longest = Completion(0.5).max_residues(64, 48, TOKENIZER.num_sentinels)  # the decoder's 47 residues: 95
+    cut = max(len(rebuild(b, row, MIXTURE)) for b in itertools.islice(iterator, 10) for row in range(4))
+    assert cut == longest == 95
 
 
 def test_same_seed_gives_the_same_batches_and_another_seed_does_not(fasta):
@@ -179,7 +191,7 @@ def test_invalid_residues_raise_with_the_record_name(tmp_path):
         list(itertools.islice(make_iterator(str(path), **settings(on_invalid="error", batch_size=2)), 2))
 
 
-@pytest.mark.parametrize("bad", [dict(crop="centre"), dict(seed=-1), dict(seed=2**32), dict(min_residues=1),
+@pytest.mark.parametrize("bad", [dict(crop="centre"), dict(max_residues=5), dict(seed=-1), dict(seed=2**32), dict(min_residues=1),
                                  dict(process_index=2, process_count=2), dict(batch_size=0), dict(num_epochs=0),
                                  dict(on_invalid="skip")])
 def test_bad_settings_raise_pipeline_error(fasta, bad):

@@ -17,7 +17,8 @@ STEPS = 40
 TINY = [
     "--config=experiments/base.py", f"--config.train.steps={STEPS}", "--config.model.d_model=64",
     "--config.model.d_ff=128", "--config.model.num_heads=2", "--config.model.num_encoder_layers=1",
-    "--config.model.num_decoder_layers=1", "--config.data.batch_size=8", "--config.data.encoder_length=96",
+    "--config.model.num_decoder_layers=1", "--config.data.batch_size=8", "--config.data.max_residues=90",
+    "--config.data.encoder_length=96",
     "--config.data.decoder_length=64", "--config.train.log_every=1", "--config.train.eval_every=20",
     "--config.train.eval_batches=2", "--config.train.checkpoint_every=1000", "--config.train.progress_every_s=0",
     "--config.optimizer.warmup_steps=5",
@@ -47,13 +48,13 @@ def setup(tmp_path_factory):
 
 
 def run(args, env, **kw):
-    return subprocess.run(RUN + args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240, **kw)
+    return subprocess.run(RUN + args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=480, **kw)
 
 
 def losses(workdir):
     """{step: train loss} from the run's local metric history."""
     with open(os.path.join(workdir, "history.jsonl")) as f:
-        return {r["step"]: r["train/loss"] for r in map(json.loads, f) if "train/loss" in r}
+        return {r["step"]: r["train/mix_nlu_s2s/loss"] for r in map(json.loads, f) if "train/mix_nlu_s2s/loss" in r}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_run_trains_and_logs_params_metrics_and_child_runs(setup, full_run):
     assert params["budget.total_tokens"] == str(STEPS * 8 * (96 + 64))
     assert {tags["family"], tags["variant"], tags["seed"]} == {"base", "ankh3", "0"}
     assert tags["git_commit"] and tags["device_kind"] and tags["jax_version"]
-    history = client.get_metric_history(parent.info.run_id, "train/loss")
+    history = client.get_metric_history(parent.info.run_id, "train/mix_nlu_s2s/loss")
     assert [m.step for m in history] == list(range(1, STEPS + 1))
     assert history[-1].value < history[0].value
     for key in ("train/nlu/loss", "train/s2s/accuracy", "eval/nlu/loss", "eval/s2s/accuracy", "perf/tokens_per_s"):
@@ -150,7 +151,8 @@ def test_corrupt_data_file_is_one_line(setup, tmp_path):
 def test_dry_run_prints_size_and_budget(setup):
     done = run(["--config=experiments/ablate_completion.py:0.75", "--config.train.steps=10", "--dry_run"], setup[2])
     assert done.returncode == 0, done.stderr
-    assert "parameters: " in done.stdout and "token budget: 35,840 over 10 steps" in done.stdout
+    assert "parameters: " in done.stdout and "token budget: 38,400 over 10 steps" in done.stdout  # 16 x (136 + 104) x 10
+    assert "cut to 128 residues (random)" in done.stdout and "s2s: 32+96 residues" in done.stdout  # int(128 * 0.75)
 
 
 def test_sync_workdir_sends_an_offline_run(setup, tmp_path):
@@ -162,7 +164,7 @@ def test_sync_workdir_sends_an_offline_run(setup, tmp_path):
     blocker.write_text("not a folder")
     workdir = str(tmp_path / "offline")
     tracker = Tracker(f"sqlite:///{blocker}/mlflow.db", "offline_family", "v-s0", workdir).start()
-    tracker.log_metrics(1, {"train/loss": 2.5})
+    tracker.log_metrics(1, {"train/mix_nlu_s2s/loss": 2.5})
     assert not tracker.end()  # the store was unreachable: all of it is in the journal
     env = setup[2]
     done = run([f"--sync_workdir={workdir}", f"--sync_to={env['MLFLOW_TRACKING_URI']}"], env)
@@ -170,7 +172,7 @@ def test_sync_workdir_sends_an_offline_run(setup, tmp_path):
     assert not os.path.exists(os.path.join(workdir, JOURNAL))
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     (synced,) = client.search_runs([client.get_experiment_by_name("offline_family").experiment_id])
-    assert synced.data.metrics == {"train/loss": 2.5} and synced.info.status == "FINISHED"
+    assert synced.data.metrics == {"train/mix_nlu_s2s/loss": 2.5} and synced.info.status == "FINISHED"
 
 
 def test_each_host_reads_its_own_records_and_its_share_of_the_batch(tmp_path):
@@ -183,7 +185,8 @@ def test_each_host_reads_its_own_records_and_its_share_of_the_batch(tmp_path):
     path = tmp_path / "ac.fasta"
     path.write_text("".join(f">r{i}\n{'AC'[i % 2] * 40}\n" for i in range(40)))
     config = get_config()
-    config.data.update(train=str(path), valid=str(path), batch_size=8, encoder_length=48, decoder_length=48)
+    config.data.update(train=str(path), valid=str(path), batch_size=8, encoder_length=48, decoder_length=48,
+                       max_residues=40)
     config.train.eval_batches = 2
     tok = Tokenizer.default(config.model.vocab_size)
     mixture = build_mixture(config.objectives, config.mixture_granularity)

@@ -15,8 +15,8 @@ SWEEP_FILE = '''
 """Test sweep over experiments/sweep_masking.py with two failures on purpose."""
 from experiments import sweep_masking
 
-OBJECTIVE = ("eval/loss", "minimize")
-PRUNE_ON = "eval/loss"
+OBJECTIVE = ("eval/s2s/loss", "minimize")
+PRUNE_ON = "eval/s2s/loss"
 PRUNER = "none"
 get_config = sweep_masking.get_config
 
@@ -139,14 +139,14 @@ def test_pruning_reads_the_runs_held_out_loss_and_stops_it(tmp_path):
         signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
         for step in range(1, 1000):
             with open({str(tmp_path / 'history.jsonl')!r}, 'a') as f:
-                f.write(json.dumps({{"step": step, "eval/loss": 5.0 / step}}) + "\\n")
+                f.write(json.dumps({{"step": step, "eval/s2s/loss": 5.0 / step}}) + "\\n")
             time.sleep(0.2)
     """)
     proc = subprocess.Popen([sys.executable, "-c", writer])
     pruner = type("Pruner", (optuna.pruners.BasePruner,), {"prune": AlwaysPrune.prune})()
     study = optuna.create_study(pruner=pruner)
     trial = study.ask()
-    spec = SweepSpec("", None, None, "eval/loss", "minimize", "eval/loss", "median")
+    spec = SweepSpec("", None, None, "eval/s2s/loss", "minimize", "eval/s2s/loss", "median")
     ctx = SweepContext(spec, "s", "parent", None, [], str(tmp_path), "pretrain", 0)
     with pytest.raises(optuna.TrialPruned):
         watch(proc, trial, ctx, str(tmp_path))

@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from ankh3 import tracking
@@ -33,7 +34,7 @@ def test_run_logs_params_metrics_children_and_artifacts(store, tmp_path):
     tracker = tracking.Tracker(store, "fam", "v-s0", str(tmp_path / "w"), tags={"family": "fam"}).start()
     tracker.log_params(params)
     for step in range(1, 6):
-        tracker.log_metrics(step, {"train/loss": 1.0 / step, "train/NLU/acc": 0.1 * step})
+        tracker.log_metrics(step, {"train/s2s/loss": 1.0 / step, "train/NLU/acc": 0.1 * step})
     art = tmp_path / "summary.json"
     art.write_text("{}")
     tracker.log_artifact(str(art))
@@ -45,7 +46,7 @@ def test_run_logs_params_metrics_children_and_artifacts(store, tmp_path):
     assert run.info.run_name == "v-s0" and run.info.status == "FINISHED"
     assert run.data.params["p249"] == "249" and len(run.data.params) == 250
     assert run.data.tags["family"] == "fam"
-    history = client.get_metric_history(tracker.run_id, "train/loss")
+    history = client.get_metric_history(tracker.run_id, "train/s2s/loss")
     assert [m.step for m in history] == [1, 2, 3, 4, 5]
     assert history[-1].value == pytest.approx(0.2)
     assert [a.path for a in client.list_artifacts(tracker.run_id)] == ["summary.json"]
@@ -100,6 +101,18 @@ def test_loss_plots_one_png_per_objective(tmp_path):
     paths = tracking.write_loss_plots(curves, str(tmp_path))
     assert sorted(os.path.basename(p) for p in paths) == ["loss_NLU.png", "loss_S2S.png"]
     assert all(open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_loss_plots_draw_the_unigram_floor_as_a_line(tmp_path):
+    from matplotlib.image import imread
+
+    curves = {"s2s": {"train": [(1, 3.0), (9, 2.0)], "eval": [(9, 2.2)]}}
+    plain = imread(tracking.write_loss_plots(curves, str(tmp_path / "plain"))[0])
+    curves["s2s"]["unigram floor"] = [(1, 2.9)]
+    floored = imread(tracking.write_loss_plots(curves, str(tmp_path / "floor"))[0])
+    grey = np.all(np.abs(floored[..., :3] - 0.5) < 0.02, axis=-1)  # matplotlib's 'grey' is (0.5, 0.5, 0.5)
+    assert grey.sum(axis=1).max() > floored.shape[1] // 3  # a long grey row: the horizontal floor
+    assert np.all(np.abs(plain[..., :3] - 0.5) < 0.02, axis=-1).sum(axis=1).max() < plain.shape[1] // 3
 
 
 def test_ui_command_names_the_store():

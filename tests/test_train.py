@@ -74,12 +74,29 @@ def test_accuracy_counts_only_residue_targets():
     batch = {"decoder_targets": targets, "decoder_weights": jnp.array([[1.0, 1.0, 1.0, 0.0]]), "task": jnp.array([0])}
     loss, sums = train.token_metrics(logits, batch, 2)
     metrics = train.summarize(jax.device_get(sums), TASKS, "eval")
-    assert metrics["eval/accuracy"] == 0.0 and metrics["eval/nlu/accuracy"] == 0.0  # 1 residue target, missed
+    assert metrics["eval/mix_nlu_s2s/accuracy"] == 0.0 and metrics["eval/nlu/accuracy"] == 0.0  # 1 residue, missed
     assert float(sums["tokens"][0]) == 3.0  # the loss still covers the sentinel and EOS
     assert float(loss) == pytest.approx((2 * -math.log(0.9) - math.log(0.1 / 255)) / 3, rel=1e-4)
     assert "eval/s2s/accuracy" not in metrics  # no targets for that task
     _, sums = train.token_metrics(logits, batch, 2, residues=train.residue_ids(tok).tolist() + [sentinel])
-    assert train.summarize(jax.device_get(sums), TASKS, "eval")["eval/accuracy"] == 0.5
+    assert train.summarize(jax.device_get(sums), TASKS, "eval")["eval/mix_nlu_s2s/accuracy"] == 0.5
+
+
+def test_metrics_carry_their_objective_and_residue_losses_sit_beside_the_unigram_floor():
+    # task 0: two residue targets (nll 1 and 3) and an EOS (nll 0.5); task 1: one residue target (nll 2)
+    sums = {"nll": np.array([4.5, 2.0]), "tokens": np.array([3.0, 1.0]), "correct": np.array([1.0, 0.0]),
+            "residues": np.array([2.0, 1.0]), "residue_nll": np.array([4.0, 2.0])}
+    metrics = train.summarize(sums, TASKS, "eval", unigram_floor=2.5)
+    assert not {"eval/loss", "eval/accuracy"} & set(metrics)  # never a bare pooled name
+    assert metrics["eval/nlu/loss"] == 1.5 and metrics["eval/nlu/residue_loss"] == 2.0
+    assert metrics["eval/nlu/loss_minus_unigram"] == -0.5 and metrics["eval/s2s/loss_minus_unigram"] == -0.5
+    assert metrics["eval/mix_nlu_s2s/loss"] == 6.5 / 4 and metrics["eval/mix_nlu_s2s/residue_loss"] == 2.0
+    alone = train.summarize({k: v[:1] for k, v in sums.items()}, ("s2s",), "eval")
+    assert set(alone) == {"eval/s2s/loss", "eval/s2s/accuracy", "eval/s2s/residue_loss"}  # no unigram: not shown
+    records = [{"step": 1, train.UNIGRAM_KEY: 2.5, "train/nlu/loss": 3.0}, {"step": 2, **metrics}]
+    curves = train.loss_curves(records, TASKS)
+    assert set(curves) == {"nlu", "s2s", "mix_nlu_s2s"} and curves["nlu"]["unigram floor"] == [(1, 2.5)]
+    assert curves["nlu"]["eval per residue"] == [(2, 2.0)] and curves["nlu"]["train"] == [(1, 3.0)]
 
 
 @pytest.mark.parametrize("schedule", ["inverse_sqrt", "cosine", "constant"])
@@ -111,9 +128,9 @@ def test_loop_learns_logs_per_task_and_is_deterministic():
     first, text = run_loop(12)
     second, _ = run_loop(12)
     assert first.final_step == 12 and not first.stopped_by
-    assert first.metrics["train/loss"] == second.metrics["train/loss"]  # same seed, same losses
+    assert first.metrics["train/mix_nlu_s2s/loss"] == second.metrics["train/mix_nlu_s2s/loss"]  # same seed, same losses
     assert {"train/nlu/loss", "train/s2s/accuracy", "eval/nlu/loss", "perf/tokens_per_s"} <= set(first.metrics)
-    losses = [float(line.split("loss ")[1].split()[0]) for line in text.splitlines()]
+    losses = [float(line.split("train nlu ")[1].split(",")[0]) for line in text.splitlines()]
     assert losses[-1] < losses[0]
     assert "steps/s" in text and "ETA" in text
 

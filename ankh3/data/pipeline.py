@@ -17,7 +17,10 @@ from ankh3.errors import UserError
 from ankh3.objectives import Mixture
 
 BATCH_KEYS = ("encoder_tokens", "decoder_inputs", "decoder_targets", "decoder_weights", "task")
-CROPS = ("random", "truncate")
+# How a sequence longer than max_residues is cut. 'random' (the default) takes a uniformly placed window:
+# over epochs every part of a long protein is seen, where 'start' would never show the residues past
+# max_residues and would over-represent N-termini (signal peptides); the paper does not say which.
+CROPS = ("random", "start")
 _DROPPED = "_dropped_short"  # per-batch count travelling from the batcher to `BatchIterator`; popped there
 
 
@@ -26,9 +29,10 @@ class PipelineError(UserError, ValueError):
 
 
 # ---- one batch, pure numpy ----------------------------------------------------------------------------
-def crop_windows(lengths: np.ndarray, limits: np.ndarray, crop: str, rng: np.random.Generator):
-    """(start, kept length) per sequence: longer ones keep a random window ('random') or their start."""
-    kept = np.minimum(lengths, limits)
+def crop_windows(lengths: np.ndarray, max_residues: int, crop: str, rng: np.random.Generator):
+    """(start, kept length) per sequence: longer ones keep a random window ('random', the default: see
+    CROPS for why) or their start ('start')."""
+    kept = np.minimum(lengths, max_residues)
     if crop == "random":
         return rng.integers(0, lengths - kept + 1), kept
     return np.zeros_like(kept), kept
@@ -42,15 +46,16 @@ def pack_rows(sequences: Sequence[np.ndarray], starts: np.ndarray, kept: np.ndar
     return tokens
 
 
-def build_batch(sequences: Sequence[np.ndarray], mixture: Mixture, tokenizer, limits: np.ndarray, *,
+def build_batch(sequences: Sequence[np.ndarray], mixture: Mixture, tokenizer, max_residues: int, *,
                 encoder_length: int, decoder_length: int, rng: np.random.Generator, crop: str = "random") -> dict:
     """Tokenised sequences -> the batch dict of docs/interfaces.md (fixed shapes [B, Le] / [B, Ld]).
 
-    `limits[i]` is the longest residue count objective i fits into (Le, Ld) (`Mixture.max_residues`).
+    Each sequence is first cut to `max_residues` (`crop`), whatever its objective; the objective then
+    applies to the cut sequence, so (Le, Ld) must hold `mixture.needed_lengths(max_residues, ...)`.
     """
     tasks = mixture.draw_tasks(len(sequences), rng)
     lengths = np.fromiter((len(s) for s in sequences), np.int64, len(sequences))
-    starts, kept = crop_windows(lengths, limits[tasks], crop, rng)
+    starts, kept = crop_windows(lengths, max_residues, crop, rng)
     tokens = pack_rows(sequences, starts, kept)
     inputs, targets = mixture.apply(tokens, kept, tasks, rng, tokenizer, encoder_length, decoder_length)
     decoder_inputs = np.zeros_like(targets)
@@ -78,7 +83,7 @@ class _BatchPlan:
 
     mixture: Mixture
     tokenizer: Any
-    limits: np.ndarray
+    max_residues: int
     batch_size: int
     encoder_length: int
     decoder_length: int
@@ -134,7 +139,7 @@ class _ObjectiveBatchIterator(grain.DatasetIterator):
         worker = self._ctx.mp_context.process_index or 0
         rng = np.random.default_rng([plan.seed, plan.process_index, worker, self._step])
         self._step += 1
-        batch = build_batch(sequences, plan.mixture, plan.tokenizer, plan.limits, encoder_length=plan.encoder_length,
+        batch = build_batch(sequences, plan.mixture, plan.tokenizer, plan.max_residues, encoder_length=plan.encoder_length,
                             decoder_length=plan.decoder_length, rng=rng, crop=plan.crop)
         batch[_DROPPED] = self.pending_dropped
         self.pending_dropped = 0
@@ -188,7 +193,7 @@ class BatchIterator(grain.DatasetIterator):
         return "BatchIterator"
 
 
-def _check_settings(batch_size, encoder_length, decoder_length, seed, crop, min_residues, on_invalid,
+def _check_settings(batch_size, encoder_length, decoder_length, seed, crop, min_residues, max_residues, on_invalid,
                     process_index, process_count, num_epochs):
     if batch_size < 1 or encoder_length < 3 or decoder_length < 2:
         raise PipelineError(f"batch_size={batch_size}, encoder_length={encoder_length}, "
@@ -199,6 +204,8 @@ def _check_settings(batch_size, encoder_length, decoder_length, seed, crop, min_
         raise PipelineError(f"crop={crop!r} must be one of {CROPS}")
     if min_residues < 2:
         raise PipelineError(f"min_residues={min_residues} must be >= 2 (objectives split a sequence in two)")
+    if max_residues is not None and max_residues < min_residues:
+        raise PipelineError(f"max_residues={max_residues} must be >= min_residues={min_residues}")
     if on_invalid not in ("error", "x"):
         raise PipelineError(f"on_invalid={on_invalid!r} must be 'error' or 'x'")
     if not 0 <= process_index < process_count:
@@ -207,22 +214,39 @@ def _check_settings(batch_size, encoder_length, decoder_length, seed, crop, min_
         raise PipelineError(f"num_epochs={num_epochs} must be >= 1, or None to repeat forever")
 
 
+def check_fits(mixture: Mixture, max_residues: int | None, encoder_length: int, decoder_length: int,
+               num_sentinels: int, where: str = "") -> int:
+    """The cut length: max_residues if every objective fits it into (Le, Ld), else one line naming the
+    lengths it needs; None -> the longest cut that fits every objective."""
+    if max_residues is None:
+        return int(mixture.max_residues(encoder_length, decoder_length, num_sentinels).min())
+    need_in, need_out = mixture.needed_lengths(max_residues, num_sentinels)
+    if need_in > encoder_length or need_out > decoder_length:
+        raise PipelineError(
+            f"{where}max_residues={max_residues} needs encoder_length >= {need_in} and decoder_length >= {need_out} "
+            f"for objectives {', '.join(mixture.task_names)}, got {encoder_length} and {decoder_length}; "
+            "raise the lengths or lower max_residues")
+    return int(max_residues)
+
+
 def make_dataset(source, tokenizer, mixture: Mixture, *, batch_size: int, encoder_length: int, decoder_length: int,
                  seed: int, shuffle: bool = True, num_epochs: int | None = None, crop: str = "random",
-                 min_residues: int = 2, on_invalid: str = "error", process_index: int = 0, process_count: int = 1,
+                 max_residues: int | None = None, min_residues: int = 2, on_invalid: str = "error", process_index: int = 0, process_count: int = 1,
                  read_threads: int = 0) -> grain.IterDataset:
     """The batch dataset over a source (random access: `len` and `source[i]` -> record with `.sequence`,
     or a path for `ankh3.data.sources.open_source`).
 
     Each process reads records process_index, process_index + process_count, ...; with `shuffle`,
-    each epoch visits its shard in a new seeded order. Too-short sequences are skipped; longer
-    ones are cropped per objective (`Mixture.max_residues`). Elements carry an internal drop count:
-    iterate through `make_iterator` (which removes it and keeps statistics).
+    each epoch visits its shard in a new seeded order. Sequences shorter than min_residues are skipped;
+    longer than max_residues ones are cut to it (a window placed by `crop`, see CROPS) before the
+    objective sees them. max_residues=None takes the longest cut that every objective fits into
+    (encoder_length, decoder_length). Elements carry an internal drop count: iterate through
+    `make_iterator` (which removes it and keeps statistics).
 
     read_threads > 0 prefetches records in threads: worth it when reading waits on storage (ArrayRecord
     on network disks); for in-memory FASTA the GIL makes threads slower (16k vs 5k records/s here).
     """
-    _check_settings(batch_size, encoder_length, decoder_length, seed, crop, min_residues, on_invalid,
+    _check_settings(batch_size, encoder_length, decoder_length, seed, crop, min_residues, max_residues, on_invalid,
                     process_index, process_count, num_epochs)
     if isinstance(source, (str, os.PathLike)):
         from ankh3.data.sources import open_source  # only when given a path
@@ -230,9 +254,9 @@ def make_dataset(source, tokenizer, mixture: Mixture, *, batch_size: int, encode
         source = open_source(source)
     if len(source) < process_count:
         raise PipelineError(f"the source holds {len(source)} records, fewer than process_count={process_count}")
-    limits = mixture.max_residues(encoder_length, decoder_length, tokenizer.num_sentinels)
+    max_residues = check_fits(mixture, max_residues, encoder_length, decoder_length, tokenizer.num_sentinels)
     records = grain.MapDataset.source(source)[process_index::process_count]
-    plan = _BatchPlan(mixture, tokenizer, limits, batch_size, encoder_length, decoder_length, min_residues, crop,
+    plan = _BatchPlan(mixture, tokenizer, max_residues, batch_size, encoder_length, decoder_length, min_residues, crop,
                       seed, process_index, len(records), str(source))
     if shuffle:
         records = records.shuffle(seed)
