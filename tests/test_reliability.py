@@ -106,8 +106,8 @@ BAD_OVERRIDES = [
     ("--config.data.batch_size=True", "--config.data.batch_size=True"),
     ("--config.data.encoder_length=0", "config.data.encoder_length"),
     ("--config.data.decoder_length=-1", "config.data.decoder_length"),
-    ("--config.data.encoder_length=3", "config.data.encoder_length/decoder_length"),
-    ("--config.data.decoder_length=2", "config.data.encoder_length/decoder_length"),
+    ("--config.data.encoder_length=3", "needs encoder_length >="),
+    ("--config.data.decoder_length=2", "needs encoder_length >="),
     ("--config.data.min_residues=1", "config.data.min_residues"),
     ("--config.data.on_invalid=drop", "config.data.on_invalid"),
     ("--config.data.worker_count=-1", "config.data.worker_count"),
@@ -556,7 +556,8 @@ def test_real_command_refuses_with_one_line(args, expected, tmp_path):
 
 TINY = ["--config.model.d_model=32", "--config.model.d_ff=64", "--config.model.num_heads=2",
         "--config.model.num_encoder_layers=1", "--config.model.num_decoder_layers=1", "--config.data.batch_size=4",
-        "--config.data.encoder_length=64", "--config.data.decoder_length=48", "--config.train.eval_batches=1",
+        "--config.data.encoder_length=64", "--config.data.decoder_length=48", "--config.data.max_residues=32",
+        "--config.train.eval_batches=1",
         "--config.train.steps=3", "--mode=pretrain"]
 
 
