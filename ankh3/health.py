@@ -34,7 +34,8 @@ class HealthCheck:
     def signs(self, metrics: dict) -> dict[str, str]:
         """The signs present in one log's metrics: {name: what it means}."""
         found = {}
-        loss = metrics.get("train/loss")
+        losses = training_losses(metrics)
+        loss = min(losses) if losses else None  # every objective at chance, the best included
         if loss is not None and math.isfinite(loss) and loss >= self.chance_loss * (1 - CHANCE_MARGIN):
             found["loss_at_chance"] = (f"training loss {loss:.3f} is at chance (ln {self.vocab_size} = "
                                        f"{self.chance_loss:.3f})")
@@ -45,7 +46,7 @@ class HealthCheck:
 
     def observe(self, step: int, metrics: dict) -> list[str]:
         """New warnings (each sign warns once) for the metrics logged at `step`."""
-        if step <= self.after_step or ("train/loss" not in metrics and "train/grad_norm" not in metrics):
+        if step <= self.after_step or not (training_losses(metrics) or "train/grad_norm" in metrics):
             return []  # the warm-up, or an evaluation-only log: nothing to judge
         present = self.signs(metrics)
         for sign in list(self._since):
@@ -60,3 +61,8 @@ class HealthCheck:
                                      "optimizer.learning_rate (too high or too low), the data and the objectives")
                 new.append(self.warned[sign])
         return new
+
+
+def training_losses(metrics: dict) -> list[float]:
+    """The training losses of one log: train/loss and each objective's train/NAME/loss."""
+    return [v for k, v in metrics.items() if k.startswith("train/") and k.endswith("/loss")]
