@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from ankh3.config import ConfigError
+from ankh3.errors import UserError
 
 
 @dataclasses.dataclass
@@ -34,7 +35,18 @@ def build_model(config):
 
         # The checkpoint fixes the architecture; the run still picks how it computes.
         runtime = {k: getattr(cfg, k) for k in ("dtype", "remat", "attention", "dropout_rate", "scan_unroll")}
-        return load_pretrained_dir(config.init_from, seed=config.seed, **runtime)
+        from ankh3.checkpoint import collect_abandoned_reads, first_line
+
+        try:
+            return load_pretrained_dir(config.init_from, seed=config.seed, **runtime)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- orbax/tensorstore on damaged files: bare Exception, OSError, ...
+            why = first_line(e)
+        finally:
+            collect_abandoned_reads()
+        raise ConfigError(f"config.init_from: {config.init_from} cannot be read ({why}); it is damaged or cut "
+                          "short: write it again with python -m ankh3.hf_checkpoint")
     return cfg, T5(cfg, rngs=nnx.Rngs(config.seed)), Tokenizer.default(cfg.vocab_size)
 
 

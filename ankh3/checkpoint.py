@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import json
+import logging
 import os
 import signal
+import sys
 from typing import Any
 
 import jax
@@ -21,6 +24,8 @@ import numpy as np
 from ankh3.errors import UserError
 
 STATE_ITEM, DATA_ITEM = "state", "data"
+log = logging.getLogger(__name__)
+_DAMAGE_MARKERS = ("DATA_LOSS", "NOT_FOUND", "OUT_OF_RANGE")  # tensorstore's words for files cut short or missing
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -55,11 +60,35 @@ class Checkpointer:
         return self._manager.save(step, args=args, force=force)
 
     def restore(self, step: int | None, target: Any) -> tuple[Any, Any]:
-        """(state shaped like `target`, data state) of `step` (default: the latest)."""
-        ocp = self._ocp
-        step = self.latest_step() if step is None else step
-        if step is None:
+        """(state shaped like `target`, data state) of `step`, or by default of the newest checkpoint
+        that can be read: one that cannot (cut short by a crash, damaged on disk) is set aside as
+        `unreadable-STEP` (nothing is deleted) with a warning, once an older one has restored."""
+        if step is not None:
+            return self._restore_step(step, target)
+        steps = sorted(self.all_steps(), reverse=True)
+        if not steps:
             raise CheckpointError(f"no checkpoint in {self.directory}")
+        failed: list[tuple[int, str, bool]] = []  # (step, why, another model?): no exception kept alive
+        for candidate in steps:
+            try:
+                restored = self._restore_step(candidate, target)
+            except Exception as e:  # noqa: BLE001 -- orbax and tensorstore raise many kinds, even bare Exception
+                failed.append((candidate, str(e) if isinstance(e, CheckpointError) else first_line(e),
+                               isinstance(e, CheckpointError)))
+                continue
+            finally:
+                collect_abandoned_reads()
+            self._set_aside(failed)
+            return restored
+        # Not one can be read: the same failure everywhere is this run's doing (another model), not damage.
+        step, why, mismatch = failed[0]
+        if mismatch:
+            raise CheckpointError(why)
+        raise CheckpointError(f"no checkpoint in {self.directory} can be read (newest: step {step}: {why}); "
+                              "restore the directory from a backup or use a new --workdir")
+
+    def _restore_step(self, step: int, target: Any) -> tuple[Any, Any]:
+        ocp = self._ocp
         abstract = jax.tree.map(_abstract_leaf, to_saveable(target))
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(**{
@@ -67,11 +96,26 @@ class Checkpointer:
                 DATA_ITEM: _data_args()[1](),
             }))
         except (ValueError, KeyError, TypeError) as e:
+            if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)) or any(m in str(e) for m in _DAMAGE_MARKERS):
+                raise  # damage, not another model: restore() falls back or says the checkpoints cannot be read
             raise CheckpointError(
-                f"checkpoint {self.directory}/{step} does not match this run's model or optimizer ({e}); "
-                "use a new --workdir or the config the checkpoint was written with") from None
+                f"checkpoint {self.directory}/{step} does not match this run's model or optimizer "
+                f"({first_line(e)}); use a new --workdir or the config the checkpoint was written with") from None
         state = from_saveable(restored[STATE_ITEM], target)
         return state, _unwrap_data_state(restored[DATA_ITEM])
+
+    def _set_aside(self, failed: list[tuple[int, str, bool]]) -> None:
+        """Renames unreadable newer steps to `unreadable-STEP` so that orbax no longer lists them."""
+        for step, why, _ in failed:
+            path = os.path.join(self.directory, str(step))
+            aside = os.path.join(self.directory, f"unreadable-{step}")
+            while os.path.exists(aside):
+                aside += "-again"
+            os.rename(path, aside)
+            log.warning("checkpoint %s cannot be read (%s); set aside as %s, resuming from an older one",
+                        path, why, aside)
+        if failed:
+            self._manager.reload()
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""
@@ -124,6 +168,23 @@ def _data_args():
         pass
 
     return HostDataSave, HostDataRestore
+
+
+def collect_abandoned_reads() -> None:
+    """A failed orbax read leaves its read coroutines unfinished; collected at exit, each prints an
+    'Exception ignored ... GeneratorExit' traceback. Collect them now, without the noise."""
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda _: None
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+
+
+def first_line(error: BaseException) -> str:
+    """What went wrong, short: tensorstore appends its whole spec after 'See full TensorStore details'."""
+    text = str(error).strip().split(" See full TensorStore details")[0]
+    return (text.splitlines()[0][:300] if text else "") or type(error).__name__
 
 
 # ---- PRNG keys are saved as their raw key data -----------------------------------------------------

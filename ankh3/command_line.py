@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -27,6 +28,9 @@ def main_guard():
         yield
     except UserError as e:
         fail(one_line(e), e.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl-C / SIGTERM while a run was already stopping: the user means it
+        fail("interrupted; what was written so far (checkpoints, metrics journal) is kept. Re-run the same "
+             "command to resume", 128 + signal.SIGINT)
     except IOError as e:  # ml_collections' "Configuration is not available" for a bad --config path
         missing = find_cause(e, FileNotFoundError)
         if missing is None and "Configuration is not available" not in str(e):
@@ -54,7 +58,47 @@ def config_error_message(error: BaseException, argv: list[str]) -> str:
         return unknown
     last = innermost(error)
     text = str(last).strip().splitlines()
-    return f"{type(last).__name__}: {text[-1] if text else ''} (in {' '.join(argv[1:])})"
+    why = text[-1] if text else ""
+    return bad_value(argv, why) or f"{type(last).__name__}: {why} (in {' '.join(argv[1:])})"
+
+
+def _overrides(argv: list[str]) -> list[tuple[str, str]]:
+    """(KEY, VALUE) of each --config.KEY=VALUE."""
+    return [tuple(a[len("--config."):].split("=", 1)) for a in argv if a.startswith("--config.") and "=" in a]
+
+
+def bad_value(argv: list[str], why: str) -> str | None:
+    """'--config.KEY=VALUE: ...' for the override whose value the parser could not convert (it quotes the
+    value in its message, e.g. "invalid literal for int() with base 10: 'abc'"), with the expected type."""
+    for key, value in _overrides(argv):
+        if f"'{value}'" not in why:
+            continue
+        config = _load_config(argv)
+        default = _lookup(config, key) if config is not None else None
+        expected = f"; expected a {type(default).__name__}, e.g. {default!r}" if default is not None else ""
+        return f"--config.{key}={value}: {why}{expected}"
+    return None
+
+
+def _lookup(config, key: str):
+    for part in key.split("."):
+        if not hasattr(config, "keys") or part not in config:
+            return None
+        config = config[part]
+    return config
+
+
+def _load_config(argv: list[str]):
+    """The --config file's ConfigDict before overrides, or None when it cannot be loaded."""
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None:
+        return None
+    from ml_collections.config_flags.config_flags import ConfigFileFlagParser
+
+    try:
+        return ConfigFileFlagParser("config").parse(spec)
+    except Exception:  # noqa: BLE001 -- the config itself is broken; reported by the caller
+        return None
 
 
 def find_cause(error: BaseException | None, kind):
@@ -77,16 +121,10 @@ def innermost(error: BaseException) -> BaseException:
 
 def unknown_override(argv: list[str]) -> str | None:
     """'unknown config key ...' for the first --config.KEY that the config does not have."""
-    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-    if spec is None:
-        return None
-    from ml_collections.config_flags.config_flags import ConfigFileFlagParser
-
     from ankh3.config import unknown_key
 
-    try:
-        config = ConfigFileFlagParser("config").parse(spec)
-    except Exception:  # noqa: BLE001 -- the config itself is broken; reported by the caller
+    config = _load_config(argv)
+    if config is None:
         return None
     for arg in argv:
         if not arg.startswith("--config."):

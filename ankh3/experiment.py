@@ -59,20 +59,31 @@ class RunResult:
 
 
 # ---- configuration ---------------------------------------------------------------------------------
-def resolve(config) -> None:
+def resolve(config, workdir: str | None = None) -> None:
     """Applies defaults that depend on the command line (budget after overrides, data paths) and
-    checks everything that can be checked before any work starts."""
+    checks everything that can be checked before any work starts: the settings, the paths and the
+    workdir (default: the experiment's; `run` checks it again)."""
     from ankh3.config import check_config, record_budget, resolve_path
+    from ankh3.preflight import check_settings
+    from ankh3.workdir_check import check_usable
 
     if config.tracking.experiment == "":
         config.tracking.experiment = config.family
     record_budget(config)
     check_config(config)
+    check_settings(config)
     for key in ("train", "valid"):
         config.data[key] = resolve_path(config.data[key], names.REPO_ROOT)
         check_readable(config.data[key], f"config.data.{key}")
     if config.init_from:
         config.init_from = resolve_path(config.init_from, names.REPO_ROOT)
+        if not os.path.isdir(config.init_from):
+            raise ConfigError(f"config.init_from: {config.init_from} is not a directory; point it at a directory "
+                              "written by python -m ankh3.hf_checkpoint")
+    check_usable(workdir or default_workdir(config))
+    from ankh3.tracking import check_uri
+
+    check_uri(tracking_uri(config))  # an unknown scheme would drop every event; refuse before any work
 
 
 def check_readable(path: str, key: str) -> None:
@@ -139,6 +150,7 @@ class SilentTracker:
     def log_metrics(self, *args, **kwargs) -> None: ...
     def log_artifact(self, *args, **kwargs) -> None: ...
     def log_child(self, *args, **kwargs) -> None: ...
+    def set_tags(self, *args, **kwargs) -> None: ...
     def flush(self, *args, **kwargs) -> None: ...
 
 
@@ -160,15 +172,25 @@ def make_tracker(config, workdir: str, name: str, mode: str):
 
 
 def log_config(tracker, config, workdir: str) -> None:
-    from ankh3.tracking import flatten
+    """config.json and the params. A resumed run may have changed a few keys (a longer train.steps):
+    MLflow keeps a param's first value, so those go to the tag `changed_on_resume` instead."""
+    from ankh3.tracking import flatten, param_values
+    from ankh3.workdir_check import recorded_config
 
     if isinstance(tracker, SilentTracker):
         return
 
     path = os.path.join(workdir, names.CONFIG_FILE)
+    before = param_values(recorded_config(workdir) or {})
+    params = flatten(config.to_dict())
+    now = param_values(params)
+    changed = sorted(k for k in now if k in before and before[k] != now[k])
+    if changed:
+        tracker.set_tags({"changed_on_resume": "; ".join(f"{k}: {before[k]} -> {now[k]}" for k in changed)})
+        params = {k: v for k, v in params.items() if k not in changed}
     with open(path, "w") as f:
         f.write(config.to_json_best_effort(indent=1))
-    tracker.log_params(flatten(config.to_dict()))
+    tracker.log_params(params)
     tracker.log_artifact(path)
 
 
@@ -214,7 +236,8 @@ def pretrain(config, workdir: str, tracker, pieces: Pieces, hooks: Hooks):
                 state=state, train_step=train_step, eval_step=eval_step, batches=batches, eval_batches=eval_device,
                 task_names=task_names, settings=settings, mesh=pieces.mesh, checkpointer=checkpointer,
                 data_state=batches.get_state, tracker=tracker, guard=guard, schedule=schedule,
-                workdir=workdir if distributed.is_main() else None, out=hooks.out, on_eval=hooks.on_eval)
+                workdir=workdir if distributed.is_main() else None, out=hooks.out, on_eval=hooks.on_eval,
+                on_log=health_monitor(config, pieces, tracker, hooks.out))
     finally:
         checkpointer.close()  # lets pending asynchronous saves finish, whatever happened
     nnx.update(pieces.model, result.state["params"], result.state["rest"])
@@ -230,6 +253,24 @@ def sharded_state(config, pieces: Pieces, tx):
 
     shard_model(pieces.model, pieces.mesh, sharding_rules(config))
     return init_state(pieces.model, tx, pieces.mesh)
+
+
+def health_monitor(config, pieces: Pieces, tracker, out: TextIO) -> Callable[[int, dict], None]:
+    """The loop's per-log callback: a run that is not learning (loss at chance, zero gradient) is said
+    in the terminal (the progress stream, and stderr when that is a file), as the run's `health` tag and as
+    the metric health/not_learning."""
+    from ankh3.health import TAG, HealthCheck
+
+    check = HealthCheck(pieces.model_cfg.vocab_size, after_step=int(config.optimizer.warmup_steps))
+
+    def on_log(step: int, metrics: dict) -> None:
+        for warning in check.observe(step, metrics):
+            for stream in (out,) if out is sys.stdout else (out, sys.stderr):  # the terminal sees it once
+                print(f"WARNING: {warning}", file=stream, flush=True)
+            tracker.set_tags({TAG: "; ".join(check.warned.values())})
+            tracker.log_metrics(step, {"health/not_learning": 1.0})
+
+    return on_log
 
 
 def write_pretrain_artifacts(tracker, workdir: str, task_names, result, config) -> None:
@@ -379,10 +420,17 @@ def run(config, workdir: str, mode: str = "all", hooks: Hooks | None = None) -> 
 
 def _run(config, workdir: str, mode: str, hooks: Hooks) -> RunResult:
     from ankh3 import distributed
+    from ankh3.workdir_check import check_same_config, check_usable
 
     start = time.monotonic()
-    os.makedirs(workdir, exist_ok=True)
+    check_usable(workdir)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--workdir {workdir} cannot be created ({e.strerror}); pass another --workdir") from None
     pieces = build_pieces(config)
+    if mode != "downstream":  # probes may use other settings; a checkpoint of another model fails to restore
+        check_same_config(workdir, config)
     if mode == "downstream":
         tracker = make_tracker(config, os.path.join(workdir, names.DOWNSTREAM),
                                names.downstream_run_name(config.variant, config.seed), mode)
@@ -425,11 +473,12 @@ def _run(config, workdir: str, mode: str, hooks: Hooks) -> RunResult:
     return result
 
 
-def sync(workdir: str) -> None:
-    """Sends a workdir's journaled (offline) tracking events to its store."""
+def sync(workdir: str, uri: str | None = None) -> None:
+    """Sends a workdir's journaled (offline) tracking events to the store the run recorded, or to `uri`
+    when given (an explicit choice: MLFLOW_TRACKING_URI serves only a run that recorded no store)."""
     from ankh3.tracking import TrackingError, sync_workdir
 
-    left = sync_workdir(os.path.abspath(workdir), os.environ.get("MLFLOW_TRACKING_URI"))
+    left = sync_workdir(os.path.abspath(workdir), uri, fallback_uri=os.environ.get("MLFLOW_TRACKING_URI"))
     if left:
         error = TrackingError(f"{left} journaled events of {workdir} could not be sent; is the store reachable? "
                               "Try again later")

@@ -131,6 +131,8 @@ class Tracker:
         self._retry_wait = retry_every_s  # doubles while the store stays down (each try can block seconds)
         self._client = None
         self._run_id: str | None = None
+        self._ask_store = False  # the store may hold some of our rows (a resumed run, a failed send)
+        self._stored_through: dict[str, int] | None = None  # per metric, the last step the store holds
         self._pending: list[dict] = []
         self._last_flush = time.monotonic()
         self._next_retry = 0.0
@@ -160,6 +162,10 @@ class Tracker:
             self._pending.append({"kind": "metrics", "step": int(step), "ts": ts, "values": values})
         if time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush()
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Tags set on the run with the next flush (e.g. a health warning to see in the runs table)."""
+        self._pending.append({"kind": "tags", "tags": {k: str(v)[:MAX_PARAM_LENGTH] for k, v in tags.items()}})
 
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         self._pending.append({"kind": "artifact", "path": os.path.abspath(path), "dir": artifact_path})
@@ -238,6 +244,8 @@ class Tracker:
             self._ensure_run(client, reopen=True)
         elif kind == "params":
             self._send_params(client, self._ensure_run(client), group["params"])
+        elif kind == "tags":
+            self._send_tags(client, self._ensure_run(client), group["tags"])
         elif kind == "artifact":
             if os.path.exists(group["path"]):
                 client.log_artifact(self._ensure_run(client), group["path"], group["dir"])
@@ -258,6 +266,7 @@ class Tracker:
             saved = self._saved_run_id()
             if saved is not None:
                 self._run_id = saved
+                self._ask_store = True
                 reopen = True
             else:
                 experiment_id = self._experiment_id(client)
@@ -285,11 +294,29 @@ class Tracker:
             return found.experiment_id
 
     def _send_metrics(self, client, run_id: str, events: list[dict]) -> None:
+        """Sends each (metric, step) the store does not hold yet, so that it holds every row exactly once.
+
+        A resumed run logs again the steps after its checkpoint; some of them (and journaled rows sent
+        before a crash) may already be stored. Rows are sent in step order, so per metric the store holds
+        a prefix of the steps: a row at or below the last stored step of its metric is a repeat.
+        """
         from mlflow.entities import Metric
 
-        metrics = [Metric(k, v, e["ts"], e["step"]) for e in events for k, v in e["values"].items()]
-        for i in range(0, len(metrics), MAX_METRICS_PER_CALL):
-            client.log_batch(run_id, metrics=metrics[i:i + MAX_METRICS_PER_CALL])
+        if self._stored_through is None:
+            self._stored_through = stored_steps(client, run_id) if self._ask_store else {}
+        through = self._stored_through
+        metrics = []
+        for event in events:
+            for key, value in event["values"].items():
+                if event["step"] > through.get(key, -1):
+                    metrics.append(Metric(key, value, event["ts"], event["step"]))
+                    through[key] = event["step"]
+        try:
+            for i in range(0, len(metrics), MAX_METRICS_PER_CALL):
+                client.log_batch(run_id, metrics=metrics[i:i + MAX_METRICS_PER_CALL])
+        except Exception:
+            self._stored_through, self._ask_store = None, True  # how much went in? ask before the next send
+            raise
 
     @staticmethod
     def _send_params(client, run_id: str, params: Mapping[str, str]) -> None:
@@ -364,6 +391,12 @@ class Tracker:
         self._record_run_info()
 
 
+def stored_steps(client, run_id: str) -> dict[str, int]:
+    """{metric: last step the store holds} of a run."""
+    keys = client.get_run(run_id).data.metrics
+    return {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in keys}
+
+
 def _group_metrics(events: list[dict]):
     """Consecutive metric events become one list (one log_batch); other events stay single."""
     run: list[dict] = []
@@ -410,10 +443,12 @@ def _write_journal(path: str, events: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def sync_workdir(workdir: str, uri: str | None = None) -> int:
+def sync_workdir(workdir: str, uri: str | None = None, fallback_uri: str | None = None) -> int:
     """Sends a workdir's journaled events to the store; returns how many remain unsent (0 = done).
 
-    `uri` defaults to the store the run was started with (recorded in tracking.json).
+    The store is the one the run was started with (recorded in tracking.json), whatever the environment
+    says; `uri` sends elsewhere (explicitly: the run is then created there and recorded as being there);
+    `fallback_uri` serves only a run that recorded no store.
     """
     try:
         with open(os.path.join(workdir, RUN_FILE)) as f:
@@ -424,7 +459,7 @@ def sync_workdir(workdir: str, uri: str | None = None) -> int:
     journal = os.path.join(workdir, JOURNAL)
     if not os.path.exists(journal):
         return 0
-    target = uri or info.get("uri")
+    target = uri or info.get("uri") or fallback_uri
     if not target:
         raise TrackingError(f"{workdir}: the run had no tracking store; set MLFLOW_TRACKING_URI to sync it")
     tracker = Tracker(target, info["experiment"], info["run_name"], workdir, tags=info.get("tags"))

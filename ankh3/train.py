@@ -258,11 +258,13 @@ def train_loop(*, state, train_step, eval_step, batches: Iterator[dict], eval_ba
                task_names: Sequence[str], settings: LoopSettings, mesh=None, checkpointer=None,
                data_state: Callable[[], Any] | None = None, tracker=None, guard=None, schedule=None,
                workdir: str | None = None, out=sys.stdout,
-               on_eval: Callable[[int, dict], None] | None = None) -> TrainResult:
+               on_eval: Callable[[int, dict], None] | None = None,
+               on_log: Callable[[int, dict], None] | None = None) -> TrainResult:
     """Trains from `state['step']` to `settings.steps`, logging, evaluating and checkpointing.
 
     `on_eval(step, metrics)` runs after each evaluation is logged; it may raise to stop the run
-    (a sweep's pruner does, so a pruned trial stops within one evaluation interval).
+    (a sweep's pruner does, so a pruned trial stops within one evaluation interval). `on_log(step,
+    metrics)` sees each logged step's metrics (the training-health check).
 
     `batches` yields numpy batches (grad_accum of them per update); `data_state()` gives the
     iterator's state for checkpoints. A non-finite loss raises NonFiniteLossError before any
@@ -318,9 +320,13 @@ def train_loop(*, state, train_step, eval_step, batches: Iterator[dict], eval_ba
             if tracker is not None:
                 tracker.log_metrics(step, metrics)
             progress.maybe_print(step, latest, latest.get("perf/steps_per_s", 0.0), task_names, force=last or stopping)
+            if on_log is not None:
+                on_log(step, metrics)
         if due_eval and on_eval is not None:
             on_eval(step, dict(latest))
         if due_ckpt:
+            if tracker is not None:  # the store holds every row up to a checkpoint before it exists: see tracking
+                tracker.flush()
             checkpointer.save(step * settings.grad_accum, state, data_state() if data_state else {}, force=True)
         if stopping:
             stopped_by = guard.name

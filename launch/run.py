@@ -37,6 +37,7 @@ flags.DEFINE_string("coordinator", None, "multi-process run: HOST:PORT of proces
 flags.DEFINE_integer("num_processes", None, "multi-process run: how many processes take part")
 flags.DEFINE_integer("process_id", None, "multi-process run: this process's index, 0..num_processes-1")
 flags.DEFINE_integer("heartbeat_timeout_s", 100, "multi-process run: a process silent this long counts as dead")
+flags.DEFINE_string("sync_to", None, "with --sync_workdir: send to this tracking URI instead of the run's recorded store")
 FLAGS = flags.FLAGS
 
 
@@ -50,20 +51,21 @@ def main(argv: list[str]) -> None:
         from ankh3 import experiment
 
         if FLAGS.sync_workdir:
-            experiment.sync(FLAGS.sync_workdir)
+            experiment.sync(FLAGS.sync_workdir, FLAGS.sync_to)
             print(f"synced {FLAGS.sync_workdir}", flush=True)
             return
         config = _CONFIG.value
         if config is None:
             fail("no --config given; e.g. --config=experiments/base.py (see experiments/ for the families)")
-        experiment.resolve(config)
+        workdir = os.path.abspath(FLAGS.workdir) if FLAGS.workdir else None
+        experiment.resolve(config, workdir)
         if FLAGS.dry_run:
             print(experiment.dry_run_report(config, FLAGS.dry_run_devices), flush=True)
             return
         from ankh3 import distributed
 
         distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id, FLAGS.heartbeat_timeout_s)
-        workdir = os.path.abspath(FLAGS.workdir or experiment.default_workdir(config))
+        workdir = workdir or os.path.abspath(experiment.default_workdir(config))
         result = experiment.run(config, workdir, FLAGS.mode)
         sys.exit(result.exit_code)
 

@@ -60,3 +60,19 @@ def test_preemption_guard_turns_sigterm_into_a_flag():
         os.kill(os.getpid(), signal.SIGTERM)
         assert guard.requested == signal.SIGTERM and guard.name == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_unreadable_latest_checkpoint_is_set_aside_and_the_previous_restored(tmp_path):
+    ckpt = Checkpointer(str(tmp_path / "ckpt"), keep=3)
+    for step in (1, 2):
+        ckpt.save(step, _state(step), {"pos": step})
+    ckpt.close()
+    (tmp_path / "ckpt" / "2" / "data" / "metadata").write_text("{cut short")
+    ckpt = Checkpointer(str(tmp_path / "ckpt"))
+    restored, data = ckpt.restore(None, _state(0.0))
+    assert data == {"pos": 1} and float(restored["params"]["b"][0]) == 1.0
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["1", "unreadable-2"] and ckpt.latest_step() == 1
+    ckpt.save(2, _state(5.0), {"pos": 2})  # training goes on past the step set aside
+    ckpt.wait()
+    assert ckpt.all_steps() == [1, 2]
+    ckpt.close()

@@ -167,7 +167,7 @@ def test_sync_workdir_sends_an_offline_run(setup, tmp_path):
     tracker.log_metrics(1, {"train/mix_nlu_s2s/loss": 2.5})
     assert not tracker.end()  # the store was unreachable: all of it is in the journal
     env = setup[2]
-    done = run([f"--sync_workdir={workdir}"], env)
+    done = run([f"--sync_workdir={workdir}", f"--sync_to={env['MLFLOW_TRACKING_URI']}"], env)
     assert done.returncode == 0, done.stderr
     assert not os.path.exists(os.path.join(workdir, JOURNAL))
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])

@@ -117,3 +117,22 @@ def test_loss_plots_draw_the_unigram_floor_as_a_line(tmp_path):
 
 def test_ui_command_names_the_store():
     assert tracking.ui_command("sqlite:////x/mlflow.db") == "mlflow ui --backend-store-uri sqlite:////x/mlflow.db"
+
+
+def test_tags_set_during_a_run_reach_the_store(store, tmp_path):
+    tracker = tracking.Tracker(store, "fam", "tags-s0", str(tmp_path / "w")).start()
+    tracker.set_tags({"health": "training loss at chance"})
+    assert tracker.end()
+    assert _client(store).get_run(tracker.run_id).data.tags["health"] == "training loss at chance"
+
+
+def test_sync_goes_to_the_recorded_store_unless_told(store, tmp_path):
+    recorded = f"sqlite:///{tmp_path / 'recorded.db'}"
+    workdir = str(tmp_path / "w")
+    tracker = tracking.Tracker(recorded, "fam", "sync-s0", workdir)
+    tracker.uri = None  # the store was down for the whole run: everything is journaled
+    tracker.start().log_metrics(1, {"loss": 1.0})
+    tracker.end()
+    assert tracking.sync_workdir(workdir, fallback_uri=store) == 0  # the fallback serves only runs without a store
+    run_id = json.load(open(os.path.join(workdir, tracking.RUN_FILE)))["run_id"]
+    assert _client(recorded).get_run(run_id).data.metrics == {"loss": 1.0}

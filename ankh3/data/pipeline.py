@@ -91,6 +91,8 @@ class _BatchPlan:
     crop: str
     seed: int
     process_index: int
+    shard_records: int = 0  # records this process reads per epoch: that many short ones in a row means all are
+    source_name: str = ""
 
 
 class _ObjectiveBatches(grain.IterDataset):
@@ -115,6 +117,7 @@ class _ObjectiveBatchIterator(grain.DatasetIterator):
         self._plan = plan
         self._step = 0
         self.pending_dropped = 0  # skipped since the last batch; read once the records run out
+        self._short_in_a_row = 0
 
     def __next__(self) -> dict:
         plan, sequences = self._plan, []
@@ -123,8 +126,14 @@ class _ObjectiveBatchIterator(grain.DatasetIterator):
             tokens = next(self._parent)  # at the end of finite epochs a partial batch is discarded
             if len(tokens) < plan.min_residues:
                 self.pending_dropped += 1
+                self._short_in_a_row += 1
+                if plan.shard_records and self._short_in_a_row >= plan.shard_records:  # else: an endless search
+                    raise PipelineError(f"no record of {plan.source_name} (process {plan.process_index}'s "
+                                        f"{plan.shard_records}) has at least min_residues={plan.min_residues} residues; lower "
+                                        "config.data.min_residues or point the data at longer sequences")
             else:
                 sequences.append(tokens)
+                self._short_in_a_row = 0
         # Worker processes each run a copy of this iterator on their own slice: the worker index keeps
         # their generators apart.
         worker = self._ctx.mp_context.process_index or 0
@@ -246,9 +255,9 @@ def make_dataset(source, tokenizer, mixture: Mixture, *, batch_size: int, encode
     if len(source) < process_count:
         raise PipelineError(f"the source holds {len(source)} records, fewer than process_count={process_count}")
     max_residues = check_fits(mixture, max_residues, encoder_length, decoder_length, tokenizer.num_sentinels)
-    plan = _BatchPlan(mixture, tokenizer, max_residues, batch_size, encoder_length, decoder_length, min_residues, crop,
-                      seed, process_index)
     records = grain.MapDataset.source(source)[process_index::process_count]
+    plan = _BatchPlan(mixture, tokenizer, max_residues, batch_size, encoder_length, decoder_length, min_residues, crop,
+                      seed, process_index, len(records), str(source))
     if shuffle:
         records = records.shuffle(seed)
     records = records.repeat(num_epochs).map(_Tokenize(tokenizer, on_invalid))
