@@ -67,7 +67,7 @@ def test_unreadable_latest_checkpoint_is_set_aside_and_the_previous_restored(tmp
     for step in (1, 2):
         ckpt.save(step, _state(step), {"pos": step})
     ckpt.close()
-    (tmp_path / "ckpt" / "2" / "data" / "metadata").write_text("{cut short")
+    (tmp_path / "ckpt" / "2" / "data" / "process_0-of-1.json").write_text("{cut short")  # its data position
     ckpt = Checkpointer(str(tmp_path / "ckpt"))
     restored, data = ckpt.restore(None, _state(0.0))
     assert data == {"pos": 1} and float(restored["params"]["b"][0]) == 1.0
