@@ -9,6 +9,7 @@ import os
 import time
 
 from analysis.stats import Row
+from ankh3.names import summary_experiment_name
 
 SUMMARY_TAG = "ankh3.summary_of"
 
@@ -76,10 +77,18 @@ def to_html(title: str, header: list[str], body: list[list[str]], notes: list[st
 
 
 # ---- the summary run --------------------------------------------------------------------------------
+def summary_experiment_id(client, experiment_id: str) -> str:
+    """The id of the experiment beside `experiment_id` that holds its summary runs (created on first use)."""
+    name = summary_experiment_name(client.get_experiment(experiment_id).name)
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found is not None else client.create_experiment(name)
+
+
 def log_summary_run(client, experiment_id: str, name: str, subject: str, files: list[str],
                     metrics: dict[str, float] | None = None) -> str:
-    """A run holding the tables and plots as artifacts, tagged with what it summarises."""
-    run = client.create_run(experiment_id, run_name=f"summary-{name}",
+    """A run holding the tables and plots as artifacts, tagged with what it summarises. It lives in the
+    experiment EXPERIMENT/summaries, so the training runs' experiment holds training runs only."""
+    run = client.create_run(summary_experiment_id(client, experiment_id), run_name=f"summary-{name}",
                             tags={SUMMARY_TAG: subject, "mlflow.note.content": f"Tables and plots of {subject}"})
     run_id = run.info.run_id
     for path in files:

@@ -174,6 +174,7 @@ def make_tracker(config, workdir: str, name: str, mode: str):
 def log_config(tracker, config, workdir: str) -> None:
     """config.json and the params. A resumed run may have changed a few keys (a longer train.steps):
     MLflow keeps a param's first value, so those go to the tag `changed_on_resume` instead."""
+    from ankh3.provenance import portable_params
     from ankh3.tracking import flatten, param_values
     from ankh3.workdir_check import recorded_config
 
@@ -190,7 +191,7 @@ def log_config(tracker, config, workdir: str) -> None:
         params = {k: v for k, v in params.items() if k not in changed}
     with open(path, "w") as f:
         f.write(config.to_json_best_effort(indent=1))
-    tracker.log_params(params)
+    tracker.log_params(portable_params(params))  # relative or digested paths: comparable across machines
     tracker.log_artifact(path)
 
 

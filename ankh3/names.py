@@ -48,6 +48,11 @@ def split_child_run_name(name: str) -> tuple[str, str] | None:
     return (task, source) if sep and task and source else None
 
 
+def summary_experiment_name(experiment: str) -> str:
+    """Where analysis/aggregate.py logs the summary runs of an experiment's runs (kept apart from them)."""
+    return f"{experiment}/summaries"
+
+
 def default_workdir(experiment: str, variant: str, seed: int) -> str:
     return os.path.join(REPO_ROOT, "runs", experiment.replace("/", "_"), run_name(variant, seed))
 

@@ -130,6 +130,7 @@ def test_summary_run_holds_the_tables_and_plots(report):
     _, _, client, result = report
     run = client.get_run(result.summary_run_id)
     assert run.data.tags[aggregate.SUMMARY_TAG] == "family=fam" and run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "fam/summaries"  # apart from the training runs
     logged = {os.path.basename(a.path) for a in client.list_artifacts(result.summary_run_id, "summary")}
     assert {os.path.basename(p) for p in result.files} <= logged
     # A second analysis does not count the summary run as a variant run.
@@ -148,7 +149,7 @@ def test_unknown_family_and_bad_flags_are_one_line(report):
     result = run_cli("--experiment=nope", f"--tracking_uri={uri}", f"--out={tmp}/x")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: no MLflow experiment 'nope' in {uri}; it has: Default, fam (pass --experiment=FAMILY or --tracking_uri)"]
+        f"error: no MLflow experiment 'nope' in {uri}; it has: Default, fam, fam/summaries (pass --experiment=FAMILY or --tracking_uri)"]
     both = run_cli("--experiment=fam", "--sweep=s", f"--tracking_uri={uri}")
     assert both.returncode == 2 and both.stderr.strip() == "error: pass exactly one of --experiment=FAMILY or --sweep=STUDY"
 
