@@ -129,13 +129,15 @@ class ShardBatches:
             it.set_state(shard_state)
 
 
-def build_data(config, tokenizer, mixture, process_index: int | None = None, process_count: int | None = None):
+def build_data(config, tokenizer, mixture, process_index: int | None = None, process_count: int | None = None,
+               train_source=None):
     """(training batch iterator, fixed held-out batches) of this process: both from the Grain pipeline.
 
     The global batch (config.data.batch_size rows) is drawn from `input_shards` shards of the records;
     each of the process_count processes (default: jax's) reads its consecutive run of them, so its
     share is batch_size / process_count rows, and ankh3.train.device_batch assembles the shares into
-    one global array.
+    one global array. `train_source` is config.data.train already opened (the runner also measures its
+    residue frequencies), so the file is read once.
     """
     import jax
 
@@ -153,13 +155,12 @@ def build_data(config, tokenizer, mixture, process_index: int | None = None, pro
                   min_residues=data.min_residues, on_invalid=data.on_invalid,
                   process_count=shards)
 
-    def read(path: str, seed: int, **options):
-        source = open_source(path)
+    def read(source, seed: int, **options):
         parts = [pipeline.make_iterator(source, tokenizer, mixture, seed=seed, process_index=shard, **common,
                                         **options) for shard in mine]
         return parts[0] if len(parts) == 1 else ShardBatches(parts)
 
-    train = read(data.train, config.seed, shuffle=True, worker_count=data.worker_count)
+    train = read(train_source or open_source(data.train), config.seed, shuffle=True, worker_count=data.worker_count)
     # The held-out batches are drawn once (fixed masking too), so every evaluation sees the same data.
-    valid = read(data.valid, config.seed + 1, shuffle=False)
+    valid = read(open_source(data.valid), config.seed + 1, shuffle=False)
     return train, [next(valid) for _ in range(config.train.eval_batches)]

@@ -210,7 +210,8 @@ def pretrain(config, workdir: str, tracker, pieces: Pieces, hooks: Hooks):
 
     mixture = build_mixture(config.objectives, config.mixture_granularity)
     task_names = mixture.task_names
-    batches, eval_batches = build_data(config, pieces.tokenizer, mixture)
+    train_source = open_source(config.data.train)  # read once: batches and the unigram floor
+    batches, eval_batches = build_data(config, pieces.tokenizer, mixture, train_source=train_source)
     tx, schedule = make_optimizer(OptimizerSpec.from_config(config.optimizer, config.train.steps))
     graphdef, state = sharded_state(config, pieces, tx)
     checkpointer = Checkpointer(os.path.join(workdir, names.CHECKPOINTS), keep=config.train.keep_checkpoints)
@@ -224,7 +225,7 @@ def pretrain(config, workdir: str, tracker, pieces: Pieces, hooks: Hooks):
         eval_every=config.train.eval_every, checkpoint_every=config.train.checkpoint_every,
         progress_every_s=config.train.progress_every_s, tokens_per_step=config.budget.tokens_per_step,
         dropout=pieces.model_cfg.dropout_rate > 0,
-        unigram_floor=unigram_entropy(open_source(config.data.train), pieces.tokenizer,
+        unigram_floor=unigram_entropy(train_source, pieces.tokenizer,
                                       on_invalid=config.data.on_invalid))
     residues = train.residue_ids(pieces.tokenizer)  # a converted checkpoint may place residues at other ids
     train_step = train.make_train_step(graphdef, tx, len(task_names), settings.dropout, residues)
