@@ -61,7 +61,11 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no_hf", action="store_true", help="skip the PyTorch/HF comparison and the torch ceiling")
     p.add_argument("--no_ceilings", action="store_true", help="skip the GEMM-step ceilings")
+    p.add_argument("--scan_unroll", type=int, default=1, help="ModelConfig.scan_unroll of ours")
+    p.add_argument("--also_unroll", type=int, default=0, help="also time ours with this scan_unroll (0: no)")
     p.add_argument("--also_bf16", action="store_true", help="also time ours with dtype bfloat16")
+    p.add_argument("--force_torch_bf16", action="store_true",
+                   help="time torch's bf16 runners even where its bf16 matmul has no fast kernel (minutes per step)")
     p.add_argument("--torch_compile", action="store_true", help="also time HF under torch.compile")
     p.add_argument("--compile_depths", default="4,48", help="encoder depths for the compile-time figure ('' skips)")
     p.add_argument("--profile_dir", default="", help="also trace 2 of our steps there (jax.profiler) and print "
@@ -135,6 +139,22 @@ def torch_gemm_runner(gemms, dtype_name: str):
                     torch.matmul(a, b)
 
     return run
+
+
+def torch_matmul_rates(n: int = 512) -> dict[str, float]:
+    """GFLOP/s of one n x n torch matmul in float32 and bfloat16. On CPUs without avx512_bf16/AMX,
+    torch falls back to a scalar bf16 kernel (~1 GFLOP/s against ~100 for float32): then the bf16
+    torch runners would take minutes per step and compare nothing but that fallback."""
+    import torch
+
+    rates = {}
+    for name in ("float32", "bfloat16"):
+        a, b = torch.randn(n, n, dtype=getattr(torch, name)), torch.randn(n, n, dtype=getattr(torch, name))
+        torch.matmul(a, b)
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        rates[name] = 2 * n ** 3 / (time.perf_counter() - start) / 1e9
+    return rates
 
 
 def make_batch(cfg: ModelConfig, batch: int, le: int, ld: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -279,7 +299,8 @@ JAX_F32_CEILING = "ceiling: JAX f32 GEMM step"
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    cfg = get_shape(args.shape, dtype=args.dtype, attention=args.attention, remat=args.remat)
+    cfg = get_shape(args.shape, dtype=args.dtype, attention=args.attention, remat=args.remat,
+                    scan_unroll=args.scan_unroll)
     batch = make_batch(cfg, args.batch, args.enc_len, args.dec_len)
     flops = step_flops(cfg, args.batch, args.enc_len, args.dec_len)
     gemms = step_gemms(cfg, args.batch, args.enc_len, args.dec_len)
@@ -289,16 +310,27 @@ def main(argv=None) -> int:
           f"Ld={args.dec_len}  load average {os.getloadavg()[0]:.1f}  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     run_ours, compile_s = jax_runner(cfg, batch)
     runners = {OURS: run_ours}
+    if args.also_unroll:
+        runners[f"ours, scan_unroll={args.also_unroll}"] = jax_runner(
+            dataclasses.replace(cfg, scan_unroll=args.also_unroll), batch)[0]
     if args.also_bf16:
         runners["ours, bfloat16 compute"] = jax_runner(dataclasses.replace(cfg, dtype="bfloat16"), batch)[0]
+    torch_bf16 = False
+    if not args.no_hf:
+        rates = torch_matmul_rates()
+        torch_bf16 = args.force_torch_bf16 or rates["bfloat16"] >= 0.5 * rates["float32"]
+        print(f"torch 512x512 matmul: float32 {rates['float32']:.0f} GFLOP/s, bfloat16 {rates['bfloat16']:.0f} GFLOP/s"
+              + ("" if torch_bf16 else " -> no fast bf16 kernel on this CPU: torch bf16 runners skipped "
+                 "(--force_torch_bf16 times them anyway)"))
     if not args.no_ceilings:
         runners[JAX_F32_CEILING] = jax_gemm_runner(gemms, jnp.float32)
         runners["ceiling: JAX bf16 GEMM step"] = jax_gemm_runner(gemms, jnp.bfloat16)
-        if not args.no_hf:
+        if torch_bf16:
             runners["ceiling: torch bf16 GEMM step"] = torch_gemm_runner(gemms, "bfloat16")
     if not args.no_hf:
         runners["HF T5 torch eager f32"] = hf_runner(cfg, batch, compile_model=False)
-        runners["HF T5 eager, bf16 autocast"] = hf_runner(cfg, batch, compile_model=False, autocast=True)
+        if torch_bf16:
+            runners["HF T5 eager, bf16 autocast"] = hf_runner(cfg, batch, compile_model=False, autocast=True)
         if args.torch_compile:
             runners["HF T5 torch.compile"] = hf_runner(cfg, batch, compile_model=True)
     times = time_interleaved(runners, args.steps, args.warmup)
