@@ -243,14 +243,6 @@ class Outcome:
     run_id: str | None = None
 
 
-def cache_env(directory: str | None) -> dict:
-    """Environment for a shared JAX compilation cache: the runs of a matrix or sweep mostly share shapes,
-    so every process after the first skips most compiling. An existing JAX_COMPILATION_CACHE_DIR wins."""
-    if not directory or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return {}
-    return {"JAX_COMPILATION_CACHE_DIR": os.path.abspath(directory)}
-
-
 def start_process(job: Job, env: dict | None = None) -> subprocess.Popen:
     """launch/run.py for the job in its own process; stdout and stderr go to WORKDIR/launch.log."""
     os.makedirs(job.workdir, exist_ok=True)

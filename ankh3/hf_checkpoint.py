@@ -502,6 +502,13 @@ def _run_manager(workdir: str):
         item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler()})
 
 
+def read_run_checkpoint_steps(workdir: str) -> list[int]:
+    """The optimizer steps of the checkpoints a run's workdir keeps, oldest first."""
+    grad_accum = int(read_run_config(workdir)["optimizer"].get("grad_accum", 1))
+    with _run_manager(workdir) as manager:
+        return [s // grad_accum for s in sorted(manager.all_steps())]
+
+
 def read_run_params(workdir: str, step: int | None = None, grad_accum: int = 1) -> tuple[int, dict[str, np.ndarray]]:
     """(optimizer step, canonical flat params) of a run's checkpoint at `step` (default: the latest).
 

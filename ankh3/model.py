@@ -145,6 +145,10 @@ _ANKH = dict(d_kv=64, num_encoder_layers=48, num_decoder_layers=24, relative_buc
 SHAPES: dict[str, ModelConfig] = {
     "tiny": ModelConfig(),
     "small": ModelConfig(d_model=512, d_ff=1024, num_heads=8, d_kv=64, num_encoder_layers=8, num_decoder_layers=4),
+    # One hour of pretraining on a 2-core CPU (experiments RUN_SIZES['cpu_hour']): ~1.4M parameters, the
+    # compute-optimal size for that budget, with a deeper encoder (what the probes read) and one decoder layer.
+    "cpu_hour": ModelConfig(d_model=128, d_ff=512, num_heads=4, d_kv=32, num_encoder_layers=4,
+                            num_decoder_layers=1),
     # The CPU benchmark shape (benchmarks/model_step.py).
     "bench_cpu": ModelConfig(d_model=256, d_ff=1024, num_heads=4, d_kv=64, num_encoder_layers=4,
                              num_decoder_layers=2, activation="gelu_new"),

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from ankh3 import grid  # noqa: E402
 from ankh3.command_line import main_guard  # noqa: E402
+from ankh3.compile_cache import cache_env  # noqa: E402
 from ankh3.errors import EXIT_FAILED  # noqa: E402
 
 
@@ -57,7 +58,7 @@ def main() -> None:
         if F.dry_run:
             print(grid.dry_run_report(jobs), flush=True)
             return
-        outcomes = grid.run_grid(jobs, F.jobs, env=grid.cache_env(F.compile_cache))
+        outcomes = grid.run_grid(jobs, F.jobs, env=cache_env(F.compile_cache))
     print(grid.summarize(outcomes), flush=True)
     if any(o.status == "failed" for o in outcomes):
         sys.exit(EXIT_FAILED)

@@ -37,6 +37,10 @@ flags.DEFINE_string("coordinator", None, "multi-process run: HOST:PORT of proces
 flags.DEFINE_integer("num_processes", None, "multi-process run: how many processes take part")
 flags.DEFINE_integer("process_id", None, "multi-process run: this process's index, 0..num_processes-1")
 flags.DEFINE_integer("heartbeat_timeout_s", 100, "multi-process run: a process silent this long counts as dead")
+flags.DEFINE_string("compile_cache", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                 "runs", "jax_cache"),
+                    "JAX compilation cache: runs after the first load the training step and probe heads instead of "
+                    "compiling them ('' = none; JAX_COMPILATION_CACHE_DIR wins)")
 flags.DEFINE_string("sync_to", None, "with --sync_workdir: send to this tracking URI instead of the run's recorded store")
 FLAGS = flags.FLAGS
 
@@ -62,8 +66,9 @@ def main(argv: list[str]) -> None:
         if FLAGS.dry_run:
             print(experiment.dry_run_report(config, FLAGS.dry_run_devices), flush=True)
             return
-        from ankh3 import distributed
+        from ankh3 import compile_cache, distributed
 
+        compile_cache.enable(FLAGS.compile_cache)
         distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id, FLAGS.heartbeat_timeout_s)
         workdir = workdir or os.path.abspath(experiment.default_workdir(config))
         result = experiment.run(config, workdir, FLAGS.mode)

@@ -60,7 +60,8 @@ def main() -> None:
     define_flags(flags)
     with main_guard():
         from ankh3 import sweep
-        from ankh3.grid import cache_env, parse_command_line
+        from ankh3.compile_cache import cache_env
+        from ankh3.grid import parse_command_line
 
         F, overrides = parse_command_line(flags, sys.argv, sweep.SweepError, "sweep.py", __doc__)
         if not F.config or not F.study:

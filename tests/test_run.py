@@ -44,7 +44,8 @@ def setup(tmp_path_factory):
             f"--config.data.valid={small_fasta(root / 'valid.fasta', 40)}"]
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db")
     env.pop("XLA_FLAGS", None)  # one device, as on a user's CPU
-    return root, TINY + data, env
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the --compile_cache flag decides
+    return root, TINY + data + [f"--compile_cache={root / 'jax_cache'}"], env
 
 
 def run(args, env, **kw):
@@ -96,6 +97,13 @@ def test_run_trains_and_logs_params_metrics_and_child_runs(setup, full_run):
     assert sorted(c.info.run_name for c in children) == ["gb1/model", "gb1/onehot"]
     assert all("test/spearman_mean" in c.data.metrics for c in children)
     assert "mlflow ui --backend-store-uri sqlite:///" in stdout and "gb1" in stdout
+
+
+def test_a_run_leaves_its_compiled_programs_in_the_compile_cache(setup, full_run):
+    """The next run of this shape loads the training step and probe heads instead of compiling them."""
+    root, _, _ = setup
+    entries = os.listdir(root / "jax_cache")
+    assert len(entries) >= 3, entries  # at least the training step, the evaluation and a probe head
 
 
 def test_sigterm_then_resume_gives_the_same_losses(setup, full_run):
@@ -206,3 +214,23 @@ def test_each_host_reads_its_own_records_and_its_share_of_the_batch(tmp_path):
     shares = [next(runner.build_data(config, tok, mixture, process_index=i, process_count=2)[0]) for i in (0, 1)]
     for key in whole:
         np.testing.assert_array_equal(whole[key], np.concatenate([shares[0][key], shares[1][key]]))
+
+
+def test_learning_curve_probes_each_checkpoint_beside_the_random_encoder(setup, full_run, tmp_path):
+    """analysis/learning_curve.py: held-out losses against the unigram line, the validation metric per
+    checkpoint and the random encoder's, as JSON numbers and a PNG."""
+    _, _, env = setup
+    workdir, _ = full_run
+    script = [sys.executable, os.path.join(ROOT, "analysis", "learning_curve.py"), f"--workdir={workdir}",
+              "--task=gb1", "--seeds=0", f"--out={tmp_path}"]
+    done = subprocess.run(script, env=env, cwd=ROOT, capture_output=True, text=True, timeout=480)
+    assert done.returncode == 0, done.stderr[-3000:]
+    curve = json.loads((tmp_path / "learning_curve.json").read_text())
+    assert [point[0] for point in curve["probes"]["model"]] == [STEPS]  # the one kept checkpoint
+    assert curve["probes"]["metric"] == "valid/spearman" and len(curve["probes"]["random"]) == 2
+    assert {"eval/nlu/residue_loss", "eval/s2s/residue_loss"} <= set(curve["held_out_losses"])
+    assert 2.0 < curve["unigram_entropy"] < np.log(25)
+    assert (tmp_path / "learning_curve.png").stat().st_size > 10_000
+    bad = subprocess.run(script[:-1] + ["--steps=7"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        f"error: --steps: no checkpoint at [7] in {workdir}; it keeps [{STEPS}]"]
