@@ -373,7 +373,9 @@ def write_summary(tracker, workdir: str, metrics: dict, results: list) -> None:
     path = os.path.join(tracker.workdir, names.SUMMARY)
     with open(path, "w") as f:
         json.dump({"pretrain": metrics, "downstream": [
-            {"task": r.name, "source": r.source, "metrics": r.metrics} for r in results]}, f, indent=1)
+            {"task": r.name, "source": r.source, "primary_metric": r.params.get("primary_metric"),
+             "metrics": r.metrics, "per_seed": r.per_seed}
+            for r in results]}, f, indent=1)
     tracker.log_artifact(path)
 
 

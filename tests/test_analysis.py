@@ -211,3 +211,35 @@ def test_family_at_shape_reads_that_shapes_experiment():
     assert aggregate.family_and_experiment("ablate_tasks", None) == ("ablate_tasks", None)
     assert aggregate.family_and_experiment("ablate_tasks@small", None) == ("ablate_tasks", "ablate_tasks@small")
     assert aggregate.family_and_experiment("paper@small", "mine") == ("paper", "mine")
+
+
+# ---- analysis/versus_controls.py: the encoder against its controls, paired by probe seed --------------
+def _summary_entry(task, source, metric, values):
+    """One summary.json probe entry with per-seed test values (and their mean/sd, as evaluate writes them)."""
+    per_seed = {str(s): {"test": {metric: v}, "valid": {metric: v}} for s, v in enumerate(values)}
+    mean, sd = float(np.mean(values)), float(np.std(values, ddof=1))
+    return {"task": task, "source": source, "primary_metric": metric, "per_seed": per_seed,
+            "metrics": {f"test/{metric}_mean": mean, f"test/{metric}_std": sd,
+                        f"valid/{metric}_mean": mean, f"valid/{metric}_std": sd}}
+
+
+def test_versus_controls_says_where_the_encoder_beats_the_random_one(tmp_path):
+    import json
+
+    entries = [_summary_entry("ssp3", "model", "q3", [0.60, 0.61, 0.62]),
+               _summary_entry("ssp3", "random", "q3", [0.55, 0.56, 0.555]),
+               _summary_entry("ssp3", "onehot", "q3", [0.49, 0.49, 0.49]),
+               _summary_entry("gb1", "model", "spearman", [0.30, 0.10, 0.20]),
+               _summary_entry("gb1", "random", "spearman", [0.20, 0.25, 0.15])]
+    (tmp_path / "summary.json").write_text(json.dumps({"pretrain": {}, "downstream": entries}))
+    script = [sys.executable, os.path.join(ROOT, "analysis", "versus_controls.py"), f"--workdir={tmp_path}"]
+    done = subprocess.run(script, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    ssp3 = next(line for line in done.stdout.splitlines() if line.startswith("ssp3"))
+    gb1 = next(line for line in done.stdout.splitlines() if line.startswith("gb1"))
+    assert "0.610 ± 0.010" in ssp3 and "0.490 ± 0.000" in ssp3 and "+0.055" in ssp3 and ssp3.endswith("above 0")
+    assert gb1.endswith("includes 0") and "n/a" in gb1  # gb1 has no one-hot entry here
+    (tmp_path / "summary.json").write_text(json.dumps({"pretrain": {}, "downstream": [
+        {k: v for k, v in e.items() if k != "per_seed"} for e in entries]}))
+    old = subprocess.run(script, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert old.returncode == 2 and len(old.stderr.strip().splitlines()) == 1 and "no per-seed results" in old.stderr

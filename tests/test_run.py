@@ -96,6 +96,12 @@ def test_run_trains_and_logs_params_metrics_and_child_runs(setup, full_run):
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(c.info.run_name for c in children) == ["gb1/model", "gb1/onehot"]
     assert all("test/spearman_mean" in c.data.metrics for c in children)
+    # summary.json keeps each probe seed's values: what analysis/versus_controls.py pairs by seed
+    with open(os.path.join(workdir, "summary.json")) as f:
+        probes = json.load(f)["downstream"]
+    assert {(p["task"], p["source"], p["primary_metric"]) for p in probes} == {("gb1", "model", "spearman"),
+                                                                               ("gb1", "onehot", "spearman")}
+    assert all(set(p["per_seed"]) == {"0", "1", "2"} and "spearman" in p["per_seed"]["0"]["test"] for p in probes)
     assert "mlflow ui --backend-store-uri sqlite:///" in stdout and "gb1" in stdout
 
 

@@ -40,6 +40,8 @@ class TaskResult:
     metrics: dict[str, float]
     params: dict[str, object]  # flat, loggable: head config, seeds, data sizes, best epochs
     artifacts: list[str]
+    # {seed: {split: {metric: value}}}: what a paired comparison with a control (same seeds) needs
+    per_seed: dict[int, dict[str, dict[str, float]]] = dataclasses.field(default_factory=dict)
 
 
 # ---- embeddings per source ------------------------------------------------------------
@@ -167,7 +169,8 @@ def run_task(data: TaskData, source: _Source, tokenizer: Tokenizer, prefix: str,
     dim = int(splits["train"].embeddings[0].shape[-1])
     artifacts = draw_artifacts(data, source.name, runs[0].predictions["test"], out_dir)
     return TaskResult(spec.name, source.name, aggregate([r.metrics for r in runs]),
-                      loggable_params(prefix, source, data, cfg, seeds, dim, [r.best_epoch for r in runs]), artifacts)
+                      loggable_params(prefix, source, data, cfg, seeds, dim, [r.best_epoch for r in runs]), artifacts,
+                      per_seed={seed: r.metrics for seed, r in zip(seeds, runs)})
 
 
 def check_lengths(task: str, split: str, examples, embeddings) -> None:
