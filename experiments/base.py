@@ -8,7 +8,7 @@ data.crop) before its objective: completion then gives the encoder 256 residues 
 (`int(L*0.5)`). Where the paper is silent (where the cut falls, lengths, draws): docs/assumptions.md.
 
 ARG is ankh3@SHAPE like every family's VARIANT@SHAPE (the family has the one variant `ankh3`); a bare
-SHAPE (tiny default, small, ankh3_large, ankh3_xl) is accepted too since the shape is all that changes.
+SHAPE (tiny default, cpu_hour, small, ankh3_large, ankh3_xl) is accepted too since the shape is all that changes.
 
 Measured cost of the tiny default (2-core CPU, quiet; before the 128-residue cut, at 128/96 tokens, now 136/104): 1,200 steps of pretraining at ~13 steps/s
 (1.8 min with compilation), then probes of ssp3/contact/gb1 on 200 examples per split, 3 seeds, for

@@ -120,12 +120,12 @@ def test_unknown_shape_is_one_line_listing_the_shapes(family):
         module.get_config(f"{module.VARIANTS[0]}@huge")
     message = str(e.value)
     assert "\n" not in message and f"experiments/{family}.py" in message
-    assert "'huge'" in message and "tiny, small, ankh3_large, ankh3_xl" in message
+    assert "'huge'" in message and "tiny, cpu_hour, small, ankh3_large, ankh3_xl" in message
 
 
 def test_unknown_variant_with_a_shape_lists_variants_and_shapes():
     with pytest.raises(ConfigError, match=r"unknown variant 'mlm'; valid: mlm_only, completion_only, both with an "
-                                          r"optional @SHAPE, SHAPE one of tiny, small"):
+                                          r"optional @SHAPE, SHAPE one of tiny, cpu_hour, small"):
         get_config("ablate_tasks", "mlm@small")
 
 

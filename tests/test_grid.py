@@ -112,7 +112,7 @@ def test_bad_variant_is_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: experiments/ablate_tasks.py: unknown variant 'nope'; valid: mlm_only, completion_only, both with an "
-        "optional @SHAPE, SHAPE one of tiny, small, ankh3_large, ankh3_xl "
+        "optional @SHAPE, SHAPE one of tiny, cpu_hour, small, ankh3_large, ankh3_xl "
         "(e.g. --config=experiments/ablate_tasks.py:mlm_only@small)"]
 
 
