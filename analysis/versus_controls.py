@@ -3,7 +3,8 @@
     python analysis/versus_controls.py --workdir=runs/base@cpu_hour/ankh3-s0
     python analysis/versus_controls.py --workdir=W --split=valid --markdown
 
-For each probed task (WORKDIR/summary.json, written at the end of a run with probes): the primary
+For each probed task (WORKDIR/summary.json, or WORKDIR/downstream/summary.json of --mode=downstream,
+whichever is newer): the primary
 metric of the pretrained encoder, of the random encoder and of one-hot residues (mean ± sd over probe
 seeds), and the difference model - random with its 95% bootstrap CI, paired by probe seed (the same
 seed draws the same head initialisation and batch order for every source). A pretrained encoder is
@@ -20,8 +21,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from ankh3.command_line import ArgumentParser, fail, main_guard  # noqa: E402
 
-SUMMARY = "summary.json"
-
 
 def parse_args(argv):
     p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -32,8 +31,17 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def summary_path(workdir: str) -> str:
+    """The newer of WORKDIR/summary.json (--mode=all) and WORKDIR/downstream/summary.json (--mode=downstream)."""
+    from ankh3 import names
+
+    candidates = [os.path.join(workdir, names.SUMMARY), os.path.join(workdir, names.DOWNSTREAM, names.SUMMARY)]
+    found = [p for p in candidates if os.path.isfile(p)]
+    return max(found, key=os.path.getmtime) if found else candidates[0]
+
+
 def read_summary(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, SUMMARY)
+    path = summary_path(workdir)
     try:
         with open(path) as f:
             entries = json.load(f)["downstream"]
@@ -90,6 +98,7 @@ def format_table(table: list[dict], markdown: bool) -> str:
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     with main_guard():
+        print(f"{summary_path(args.workdir)}, {args.split} split", flush=True)
         print(format_table(rows(read_summary(args.workdir), args.split), args.markdown), flush=True)
     return 0
 

@@ -15,6 +15,10 @@ two paths can be seen to learn alike.
 then timed; on a 2-core CPU the probes of small splits are compile-bound, so this is the path that
 matters for every run after the first.
 
+`now+1thread` runs XLA:CPU single-threaded (`XLA_FLAGS=--xla_cpu_multi_thread_eigen=false
+intra_op_parallelism_threads=1`): the probe heads' ops are small, and waking a thread pool for each of
+them costs kernel time. Suffixes combine (`now+cache+1thread`).
+
 `before` is the probe path as it was up to commit a9de306, reimplemented faithfully here: one head per
 seed trained alone, batches in random order padded to 64-multiples (then powers of two), a compiled
 train step and predict step per padded length; embeddings and heads are the library's.
@@ -38,6 +42,7 @@ sys.path.insert(0, ROOT)  # run as a script from anywhere
 from ankh3.compile_cache import cache_env  # noqa: E402
 
 TASKS = ("ssp3", "contact", "gb1")
+ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
 def parse_args(argv):
@@ -46,7 +51,7 @@ def parse_args(argv):
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--repeats", type=int, default=1, help="alternating runs of each path; best wall time kept")
-    p.add_argument("--paths", default="before,now,now+cache")
+    p.add_argument("--paths", default="before,now,now+cache,now+1thread")
     p.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: run one path, print JSON
     return p.parse_args(argv)
 
@@ -161,7 +166,8 @@ def run_one(path: str, args) -> dict:
                                  probe_config=probe.ProbeConfig())
     wall = time.perf_counter() - start
     metrics = {f"{r.name}/{r.source}": round(r.metrics[f"test/{r.params['primary_metric']}_mean"], 4) for r in results}
-    return {"wall_s": wall, "cpu_s": sum(os.times()[:2]), "metrics": metrics}
+    times = os.times()
+    return {"wall_s": wall, "user_s": times.user, "sys_s": times.system, "metrics": metrics}
 
 
 def main(argv=None) -> None:
@@ -177,28 +183,32 @@ def main(argv=None) -> None:
         cmd = [sys.executable, os.path.abspath(__file__), f"--one={path.split('+')[0]}",
                f"--per_split={args.per_split}", f"--seeds={args.seeds}", f"--epochs={args.epochs}"]
         env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-        if path.endswith("+cache"):
+        if "+cache" in path:
             env.update(cache_env(cache))
+        if "+1thread" in path:  # XLA:CPU runs each op on the calling thread: no pool to wake per small op
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + ONE_THREAD).strip()
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
         line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
         if line is None:
             sys.exit(f"error: path {path} failed:\n{done.stderr[-2000:]}")
         return json.loads(line[len("RESULT "):])
 
-    if any(p.endswith("+cache") for p in paths):
-        filled = one("now+cache")
-        print(f"[fill] the compile cache: {filled['wall_s']:.1f} s wall (not counted)", flush=True)
+    for warm in sorted({p for p in paths if "+cache" in p}):
+        filled = one(warm)
+        print(f"[fill] the compile cache for {warm}: {filled['wall_s']:.1f} s wall (not counted)", flush=True)
     for repeat in range(args.repeats):
         for path in paths:
             result = one(path)
-            print(f"[{repeat + 1}/{args.repeats}] {path}: {result['wall_s']:.1f} s wall, {result['cpu_s']:.1f} s CPU",
+            print(f"[{repeat + 1}/{args.repeats}] {path}: {result['wall_s']:.1f} s wall, {result['user_s']:.1f} s user, "
+                  f"{result['sys_s']:.1f} s sys",
                   flush=True)
             if path not in best or result["wall_s"] < best[path]["wall_s"]:
                 best[path] = result
     print(f"\nprobes end to end: per_split={args.per_split or 'all'}, seeds={args.seeds}, epochs={args.epochs}, "
           f"tasks {', '.join(TASKS)}; sources model, onehot, random; {os.cpu_count()} CPUs")
     for path in paths:
-        print(f"  {path:<7} {best[path]['wall_s']:8.1f} s wall  {best[path]['cpu_s']:8.1f} s CPU")
+        print(f"  {path:<20} {best[path]['wall_s']:8.1f} s wall  {best[path]['user_s']:8.1f} s user  "
+              f"{best[path]['sys_s']:8.1f} s sys")
     if "before" in best:
         for path in [p for p in paths if p != "before"]:
             print(f"  speed-up of {path} over before (wall): {best['before']['wall_s'] / best[path]['wall_s']:.2f}x")
