@@ -98,8 +98,9 @@ def format_table(table: list[dict], markdown: bool) -> str:
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     with main_guard():
+        entries = read_summary(args.workdir)
         print(f"{summary_path(args.workdir)}, {args.split} split", flush=True)
-        print(format_table(rows(read_summary(args.workdir), args.split), args.markdown), flush=True)
+        print(format_table(rows(entries, args.split), args.markdown), flush=True)
     return 0
 
 
