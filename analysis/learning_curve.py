@@ -41,18 +41,18 @@ def parse_args(argv):
 def held_out_losses(workdir: str) -> tuple[dict[str, list[tuple[int, float]]], float | None]:
     """({eval loss name: [(step, value)]}, unigram entropy) from WORKDIR/history.jsonl."""
     from ankh3 import names
+    from ankh3.train import read_history
 
     curves: dict[str, list[tuple[int, float]]] = {}
     unigram = None
     path = os.path.join(workdir, names.HISTORY)
     if not os.path.exists(path):
         fail(f"{path}: no metric history; pass --workdir of a pretraining run")
-    with open(path) as f:
-        for record in map(json.loads, f):
-            unigram = record.get(UNIGRAM, unigram)
-            for key, value in record.items():
-                if key.startswith(EVAL_PREFIX) and key.endswith("/residue_loss"):
-                    curves.setdefault(key, []).append((int(record["step"]), float(value)))
+    for record in read_history(path):
+        unigram = record.get(UNIGRAM, unigram)
+        for key, value in record.items():
+            if key.startswith(EVAL_PREFIX) and key.endswith("/residue_loss"):
+                curves.setdefault(key, []).append((int(record["step"]), float(value)))
     return curves, unigram
 
 
@@ -64,7 +64,7 @@ def probe_checkpoints(workdir: str, steps: list[int], task: str, seeds, max_per_
     from ankh3 import hf_checkpoint, names
     from ankh3.config import downstream_tasks
     from ankh3.downstream import evaluate, tasks
-    from ankh3.downstream.embed import make_model_encode_fn, make_random_encode_fn
+    from ankh3.downstream.embed import make_model_encode_fn, random_control
     from ankh3.model import T5, load_flat_params
 
     config = hf_checkpoint.read_run_config(workdir)
@@ -78,13 +78,14 @@ def probe_checkpoints(workdir: str, steps: list[int], task: str, seeds, max_per_
     for i, step in enumerate(steps):
         run = hf_checkpoint.read_run(workdir, step)
         model = load_flat_params(T5(run.model_cfg, rngs=nnx.Rngs(0)), run.flat)
-        controls = ("random",) if i == 0 else ()
+        # the control does not change with the step: probed once, beside the first checkpoint
+        random_fn, random_id = (random_control(run.model_cfg, config["model"]["shape"], config["seed"])
+                                if i == 0 else (None, None))
         results = evaluate.run_tasks(
             make_model_encode_fn(model), run.tokenizer, data, section.prefix, seeds=seeds,
-            epochs=int(section.epochs), cache_dir=cache, controls=controls,
-            random_encode_fn=make_random_encode_fn(run.model_cfg, seed=int(config["seed"]) + 10_000),
-            encoder_id=f"{os.path.abspath(workdir)}@{step}",
-            random_encoder_id=f"random:{config['model']['shape']}:{int(config['seed']) + 10_000}")
+            epochs=int(section.epochs), cache_dir=cache, controls=("random",) if i == 0 else (),
+            random_encode_fn=random_fn, encoder_id=f"{os.path.abspath(workdir)}@{step}",
+            random_encoder_id=random_id)
         for r in results:
             metric = f"valid/{r.params['primary_metric']}"
             cell = (r.metrics[f"{metric}_mean"], r.metrics[f"{metric}_std"])
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
         workdir = os.path.abspath(args.workdir)
         if not hf_checkpoint.is_run_dir(workdir):
             fail(f"--workdir={args.workdir}: not a run's workdir (no config.json and checkpoints/)")
-        kept = sorted(s for s in hf_checkpoint.read_run_checkpoint_steps(workdir))
+        kept = hf_checkpoint.read_run_checkpoint_steps(workdir)  # oldest first
         steps = [int(s) for s in args.steps.split(",") if s] or kept
         missing = sorted(set(steps) - set(kept))
         if missing:

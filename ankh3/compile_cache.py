@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 
+from ankh3.names import REPO_ROOT
+
+DEFAULT_DIR = os.path.join(REPO_ROOT, "runs", "jax_cache")  # the default of run.py, grid.py and sweep.py
 # Cache programs that took at least this long to compile; JAX's default (1 s) skips most probe heads.
 MIN_COMPILE_SECONDS = 0.2
 

@@ -323,7 +323,7 @@ def downstream(config, workdir: str, tracker, pieces: Pieces, encoder_id: str, o
     """Probes the frozen encoder on config.downstream.tasks; one MLflow child run per (task, source)."""
     from ankh3.config import downstream_tasks
     from ankh3.downstream import evaluate, tasks
-    from ankh3.downstream.embed import make_model_encode_fn, make_random_encode_fn
+    from ankh3.downstream.embed import make_model_encode_fn, random_control
 
     section = config.downstream
     limit = int(section.max_per_split) or None
@@ -338,13 +338,14 @@ def downstream(config, workdir: str, tracker, pieces: Pieces, encoder_id: str, o
                           artifacts=result.artifacts)
         tracker.flush()
 
-    random_fn = make_random_encode_fn(pieces.model_cfg, seed=config.seed + 10_000) if "random" in controls else None
+    random_fn, random_id = (random_control(pieces.model_cfg, config.model.shape, config.seed)
+                            if "random" in controls else (None, None))
     results = evaluate.run_tasks(
         make_model_encode_fn(pieces.model), pieces.tokenizer, loaded, section.prefix,
         seeds=tuple(section.seeds), epochs=int(section.epochs),
         cache_dir=section.cache_dir or os.path.join(out_dir, "embeddings"), controls=controls,
         random_encode_fn=random_fn, out_dir=out_dir, encoder_id=encoder_id,
-        random_encoder_id=f"random:{config.model.shape}:{config.seed + 10_000}", on_result=log_result,
+        random_encoder_id=random_id, on_result=log_result,
         progress=True)  # a bar on a terminal, plain N/M lines with an ETA otherwise
     print(evaluate.format_results_table(results), file=out, flush=True)
     return results

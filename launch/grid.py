@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from ankh3 import grid  # noqa: E402
 from ankh3.command_line import main_guard  # noqa: E402
-from ankh3.compile_cache import cache_env  # noqa: E402
+from ankh3 import compile_cache  # noqa: E402
 from ankh3.errors import EXIT_FAILED  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def define_flags(flags) -> None:
     flags.DEFINE_enum("mode", "all", ("all", "pretrain"), "what each run does (launch/run.py --mode)")
     flags.DEFINE_string("tracking_uri", None, "MLflow store (default: config, MLFLOW_TRACKING_URI, sqlite:///mlflow.db)")
     flags.DEFINE_string("workdir_root", None, "where run workdirs go (default: runs/)")
-    flags.DEFINE_string("compile_cache", os.path.join(grid.ROOT, "runs", "jax_cache"),
+    flags.DEFINE_string("compile_cache", compile_cache.DEFAULT_DIR,
                         "JAX compilation cache shared by the runs ('' = none; JAX_COMPILATION_CACHE_DIR wins)")
     flags.DEFINE_bool("dry_run", False, "list the jobs, their workdirs and whether they would be skipped; then exit")
 
@@ -58,7 +58,7 @@ def main() -> None:
         if F.dry_run:
             print(grid.dry_run_report(jobs), flush=True)
             return
-        outcomes = grid.run_grid(jobs, F.jobs, env=cache_env(F.compile_cache))
+        outcomes = grid.run_grid(jobs, F.jobs, env=compile_cache.cache_env(F.compile_cache))
     print(grid.summarize(outcomes), flush=True)
     if any(o.status == "failed" for o in outcomes):
         sys.exit(EXIT_FAILED)

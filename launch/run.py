@@ -22,6 +22,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from ankh3.command_line import fail, main_guard, parse_flags  # noqa: E402
+from ankh3.compile_cache import DEFAULT_DIR as DEFAULT_CACHE_DIR  # noqa: E402
 from ankh3.config import RUN_MODES  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -37,8 +38,7 @@ flags.DEFINE_string("coordinator", None, "multi-process run: HOST:PORT of proces
 flags.DEFINE_integer("num_processes", None, "multi-process run: how many processes take part")
 flags.DEFINE_integer("process_id", None, "multi-process run: this process's index, 0..num_processes-1")
 flags.DEFINE_integer("heartbeat_timeout_s", 100, "multi-process run: a process silent this long counts as dead")
-flags.DEFINE_string("compile_cache", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                 "runs", "jax_cache"),
+flags.DEFINE_string("compile_cache", DEFAULT_CACHE_DIR,
                     "JAX compilation cache: runs after the first load the training step and probe heads instead of "
                     "compiling them ('' = none; JAX_COMPILATION_CACHE_DIR wins)")
 flags.DEFINE_string("sync_to", None, "with --sync_workdir: send to this tracking URI instead of the run's recorded store")

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from ankh3.command_line import main_guard  # noqa: E402
 from ankh3.errors import EXIT_FAILED  # noqa: E402
-from ankh3.names import REPO_ROOT  # noqa: E402
+from ankh3.compile_cache import DEFAULT_DIR as DEFAULT_CACHE_DIR  # noqa: E402
 
 
 def define_flags(flags) -> None:
@@ -50,7 +50,7 @@ def define_flags(flags) -> None:
     flags.DEFINE_integer("seed", 0, "config.seed of every trial")
     flags.DEFINE_string("tracking_uri", None, "MLflow store (default: config, MLFLOW_TRACKING_URI, sqlite:///mlflow.db)")
     flags.DEFINE_string("workdir_root", None, "trial workdirs go to ROOT/sweeps/STUDY/ (default: runs/)")
-    flags.DEFINE_string("compile_cache", os.path.join(REPO_ROOT, "runs", "jax_cache"),
+    flags.DEFINE_string("compile_cache", DEFAULT_CACHE_DIR,
                         "JAX compilation cache shared by the trials ('' = none; JAX_COMPILATION_CACHE_DIR wins)")
 
 

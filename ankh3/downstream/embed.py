@@ -133,6 +133,16 @@ def make_random_encode_fn(cfg, seed: int = 0) -> EncodeFn:
     return make_model_encode_fn(T5(cfg, rngs=nnx.Rngs(seed)))
 
 
+RANDOM_CONTROL_SEED_OFFSET = 10_000  # the control's init seed is the run's seed + this, never the model's own
+
+
+def random_control(cfg, shape: str, run_seed: int) -> tuple[EncodeFn, str]:
+    """(encode_fn, embedding-cache id) of a run's random-encoder control: every probe of one run, and
+    every checkpoint of it (analysis/learning_curve.py), compares against the same random encoder."""
+    seed = int(run_seed) + RANDOM_CONTROL_SEED_OFFSET
+    return make_random_encode_fn(cfg, seed=seed), f"random:{shape}:{seed}"
+
+
 ONEHOT_DIM = 28  # 25 residue letters, padded so ConvBERT's head split (dim % 4 == 0) holds
 
 
