@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ankh3.mixed_matmul import matmul, matmul_transposed, stash, unstash, weight_gradient
 from ankh3.sharding import constrain
 
 
@@ -48,11 +49,11 @@ def attention(causal: bool, q, k, v, bias, mask):
 def _attention_fwd(causal, q, k, v, bias, mask):
     probs = jax.nn.softmax(masked_logits(q, k, bias, mask, causal), axis=-1).astype(v.dtype)
     out = jnp.einsum("bnts,bsnk->btnk", probs, v)
-    return out, (q, k, v, bias, mask, probs, out)
+    return out, (stash(q), stash(k), stash(v), bias, mask, stash(probs), stash(out))
 
 
 def _attention_bwd(causal, residuals, d_out):
-    q, k, v, bias, mask, probs, out = residuals
+    q, k, v, bias, mask, probs, out = (unstash(r) if r is not None else r for r in residuals)
     d_v = jnp.einsum("bnts,btnk->bsnk", probs, d_out)
     d_probs = jnp.einsum("btnk,bsnk->bnts", d_out, v, preferred_element_type=jnp.float32)
     delta = jnp.einsum("btnk,btnk->bnt", d_out.astype(jnp.float32), out.astype(jnp.float32))
@@ -78,7 +79,10 @@ attention.defvjp(_attention_fwd, _attention_bwd)
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def gated_mlp(activation, x, wi_0, wi_1, wo):
-    """activation(x wi_0) * (x wi_1) @ wo; `activation` is an elementwise function (hashable).
+    """activation(x wi_0) * (x wi_1) @ wo in x's dtype; `activation` is an elementwise function (hashable).
+
+    The weights may be float32 parameters of a bfloat16 `x`: products follow `mixed_matmul`, and
+    the weights' gradients come back in the weights' dtype.
 
     The backward keeps only x and the two pre-activations, and materialises the hidden
     gradients before the weight-gradient matmuls: left to itself XLA:CPU fuses the activation's
@@ -89,24 +93,22 @@ def gated_mlp(activation, x, wi_0, wi_1, wo):
 
 
 def _gated_mlp_fwd(activation, x, wi_0, wi_1, wo):
-    gate, linear = x @ wi_0, x @ wi_1
+    gate, linear = matmul(x, wi_0), matmul(x, wi_1)
     gate = constrain(gate, ("batch", "length", "mlp"))
     linear = constrain(linear, ("batch", "length", "mlp"))
-    return (activation(gate) * linear) @ wo, (x, gate, linear, wi_0, wi_1, wo)
+    return matmul(activation(gate) * linear, wo), (stash(x), stash(gate), stash(linear), wi_0, wi_1, wo)
 
 
 def _gated_mlp_bwd(activation, residuals, dy):
-    x, gate, linear, wi_0, wi_1, wo = residuals
+    x, gate, linear, wi_0, wi_1, wo = (unstash(r) for r in residuals)
     act, act_vjp = jax.vjp(activation, gate)
-    d_hidden = dy @ wo.T
+    d_hidden = matmul_transposed(dy, wo)
     d_linear = d_hidden * act
     d_gate = act_vjp(d_hidden * linear)[0]
     d_gate, d_linear, hidden = jax.lax.optimization_barrier((d_gate, d_linear, act * linear))
-    d_x = d_gate @ wi_0.T + d_linear @ wi_1.T
-    d_wi_0 = jnp.einsum("btd,btf->df", x, d_gate)
-    d_wi_1 = jnp.einsum("btd,btf->df", x, d_linear)
-    # As (dy^T hidden)^T so that only the narrow dy is transposed for XLA:CPU's matmul, not the wide hidden.
-    d_wo = jnp.einsum("btd,btf->df", dy, hidden).T
+    d_x = matmul_transposed(d_gate, wi_0) + matmul_transposed(d_linear, wi_1)
+    d_wi_0, d_wi_1, d_wo = (weight_gradient(a, d).astype(w.dtype)
+                            for a, d, w in ((x, d_gate, wi_0), (x, d_linear, wi_1), (hidden, dy, wo)))
     return d_x, d_wi_0, d_wi_1, d_wo
 
 

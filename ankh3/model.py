@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ankh3 import cpu_kernels
+from ankh3 import cpu_kernels, mixed_matmul
 from ankh3.errors import UserError
 from ankh3.sharding import constrain
 
@@ -286,26 +286,33 @@ def _attend_with_dropout(q, k, v, bias, mask, causal, rate, key):
 
 def _attention_block(cfg, p, x, kv_source, bias, key_mask, causal, keys):
     """Attention sublayer after its pre-norm: projections, attention, output projection, dropout."""
-    dt = x.dtype
+    project = _projection(cfg)
     b, t, _ = x.shape
     s = kv_source.shape[1]
     heads = (cfg.num_heads, cfg.d_kv)
-    q = (x @ p["q"].astype(dt)).reshape(b, t, *heads)
-    k = (kv_source @ p["k"].astype(dt)).reshape(b, s, *heads)
-    v = (kv_source @ p["v"].astype(dt)).reshape(b, s, *heads)
+    q = project(x, p["q"]).reshape(b, t, *heads)
+    k = project(kv_source, p["k"]).reshape(b, s, *heads)
+    v = project(kv_source, p["v"]).reshape(b, s, *heads)
     q = constrain(q, ("batch", "length", "heads", "kv"))
     k = constrain(k, ("batch", "length", "heads", "kv"))
     out = _attend(cfg, q, k, v, bias, key_mask, causal, keys[0])
     out = constrain(out, ("batch", "length", "heads", "kv")).reshape(b, t, cfg.inner_dim)
-    return _dropout(out @ p["o"].astype(dt), cfg.dropout_rate, keys[1])
+    return _dropout(project(out, p["o"]), cfg.dropout_rate, keys[1])
+
+
+def _projection(cfg: ModelConfig):
+    """x @ w with w cast to x's dtype; on CPU through mixed_matmul (bf16's fast kernel, float32 weight gradients)."""
+    if attention_impl(cfg) == "cpu_kernels":
+        return mixed_matmul.dense
+    return lambda x, w: x @ w.astype(x.dtype)
 
 
 def _mlp_block(cfg, p, x, keys):
-    dt = x.dtype
-    wi_0, wi_1, wo = (p[name].astype(dt) for name in ("wi_0", "wi_1", "wo"))
     activation = ACTIVATIONS[cfg.activation]
     if keys[0] is None and attention_impl(cfg) == "cpu_kernels":
-        return _dropout(cpu_kernels.gated_mlp(activation, x, wi_0, wi_1, wo), cfg.dropout_rate, keys[1])
+        weights = (p[name] for name in ("wi_0", "wi_1", "wo"))
+        return _dropout(cpu_kernels.gated_mlp(activation, x, *weights), cfg.dropout_rate, keys[1])
+    wi_0, wi_1, wo = (p[name].astype(x.dtype) for name in ("wi_0", "wi_1", "wo"))
     hidden = activation(x @ wi_0) * (x @ wi_1)
     hidden = constrain(hidden, ("batch", "length", "mlp"))
     hidden = _dropout(hidden, cfg.dropout_rate, keys[0])
