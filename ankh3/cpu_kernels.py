@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ankh3.mixed_matmul import matmul, matmul_transposed, stash, unstash, weight_gradient
+from ankh3.mixed_matmul import einsum, matmul, matmul_transposed, stash, unstash, weight_gradient
 from ankh3.sharding import constrain
 
 
@@ -28,7 +28,7 @@ def full_mask(mask, causal: bool, query_len: int, key_len: int):
 
 def masked_logits(q, k, bias, mask, causal):
     """q k^T + bias in float32, masked positions at the float32 minimum (as HF T5); [B, N, T, S]."""
-    logits = jnp.einsum("btnk,bsnk->bnts", q, k, preferred_element_type=jnp.float32)
+    logits = einsum("btnk,bsnk->bnts", q, k, jnp.float32)
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
     mask = full_mask(mask, causal, *logits.shape[-2:])
@@ -48,14 +48,14 @@ def attention(causal: bool, q, k, v, bias, mask):
 
 def _attention_fwd(causal, q, k, v, bias, mask):
     probs = jax.nn.softmax(masked_logits(q, k, bias, mask, causal), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bnts,bsnk->btnk", probs, v)
+    out = einsum("bnts,bsnk->btnk", probs, v)
     return out, (stash(q), stash(k), stash(v), bias, mask, stash(probs), stash(out))
 
 
 def _attention_bwd(causal, residuals, d_out):
     q, k, v, bias, mask, probs, out = (unstash(r) if r is not None else r for r in residuals)
-    d_v = jnp.einsum("bnts,btnk->bsnk", probs, d_out)
-    d_probs = jnp.einsum("btnk,bsnk->bnts", d_out, v, preferred_element_type=jnp.float32)
+    d_v = einsum("bnts,btnk->bsnk", probs, d_out)
+    d_probs = einsum("btnk,bsnk->bnts", d_out, v, jnp.float32)
     delta = jnp.einsum("btnk,btnk->bnt", d_out.astype(jnp.float32), out.astype(jnp.float32))
     d_logits = probs.astype(jnp.float32) * (d_probs - delta[..., None])
     # Masked logits are constants: no gradient flows to them. This matters for a query whose keys
@@ -68,8 +68,8 @@ def _attention_bwd(causal, residuals, d_out):
         ones = jnp.ones((d_logits.shape[0],), jnp.float32)
         d_bias = jnp.einsum("b,bnts->nts", ones, d_logits)[None].astype(bias.dtype)
     d_logits = d_logits.astype(q.dtype)
-    d_q = jnp.einsum("bnts,bsnk->btnk", d_logits, k)
-    d_k = jnp.einsum("bnts,btnk->bsnk", d_logits, q)
+    d_q = einsum("bnts,bsnk->btnk", d_logits, k)
+    d_k = einsum("bnts,btnk->bsnk", d_logits, q)
     d_mask = None if mask is None else np.zeros(mask.shape, jax.dtypes.float0)
     return d_q, d_k, d_v, d_bias, d_mask
 

@@ -11,6 +11,8 @@ Accelerators take the same code: there a dot with a float32 result is the usual 
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -19,14 +21,53 @@ def _dot(a, b, contracting):
     return jax.lax.dot_general(a, b, (contracting, ((), ())), preferred_element_type=jnp.float32)
 
 
-def rows_to_columns(a):
-    """a [M, K] -> [K, M] as a new row-major array, not a transposed view of `a`.
+def transposed_copy(a, axes):
+    """jnp.transpose(a, axes) as a new row-major array, not a transposed view of `a`.
 
-    XLA lays a plain transpose out as a view ({0,1} layout) that its CPU dot then upcasts; through
-    a 3-d reshape the transpose is materialised as a copy, which the bf16 kernel takes as it is.
+    XLA lays a plain transpose out as a view (a permuted layout) that its CPU dot then upcasts;
+    with a trailing unit axis the transpose is materialised as a copy, which the bf16 kernel takes.
     """
-    m, k = a.shape
-    return jnp.transpose(a.reshape(m, k, 1), (1, 0, 2)).reshape(k, m)
+    axes = tuple(axes)
+    if axes == tuple(range(a.ndim)):
+        return a
+    return jnp.transpose(a[..., None], (*axes, a.ndim))[..., 0]
+
+
+def rows_to_columns(a):
+    """a [M, K] -> [K, M] as a new row-major array (`transposed_copy`)."""
+    return transposed_copy(a, (1, 0))
+
+
+def einsum(spec: str, a, b, out_dtype=None):
+    """jnp.einsum of two operands with float32 accumulation, result in `out_dtype` (default a's dtype).
+
+    For bfloat16 each operand is first copied into [batch, free, contracted] (a) and
+    [batch, contracted, free] (b) order, so that XLA:CPU runs the product as one batched
+    row-major dot in bf16. Every letter must be a batch (in a, b and the output), contracted
+    (in a and b only) or free (in one operand and the output) dimension.
+    """
+    out_dtype = out_dtype or a.dtype
+    if a.dtype == jnp.float32:
+        return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(out_dtype)
+    inputs, out = spec.split("->")
+    sa, sb = inputs.split(",")
+    batch = [c for c in out if c in sa and c in sb]
+    contracted = [c for c in sa if c in sb and c not in out]
+    free_a, free_b = [c for c in out if c in sa and c not in sb], [c for c in out if c in sb and c not in sa]
+    size = dict(zip(sa, a.shape)) | dict(zip(sb, b.shape))
+
+    def arrange(x, labels, order, shape):
+        return transposed_copy(x, [labels.index(c) for c in order]).reshape(shape)
+
+    nb = len(batch)
+    lead = [size[c] for c in batch]
+    m, k, n = (math.prod(size[c] for c in group) for group in (free_a, contracted, free_b))
+    a2 = arrange(a, sa, batch + free_a + contracted, (*lead, m, k))
+    b2 = arrange(b, sb, batch + contracted + free_b, (*lead, k, n))
+    dims = (((nb + 1,), (nb,)), (tuple(range(nb)), tuple(range(nb))))
+    y = jax.lax.dot_general(a2, b2, dims, preferred_element_type=jnp.float32).astype(out_dtype)
+    y = y.reshape(*lead, *(size[c] for c in free_a + free_b))
+    return jnp.transpose(y, [(batch + free_a + free_b).index(c) for c in out])
 
 
 def stash(x):
