@@ -2,12 +2,13 @@
 
 Why a module of its own: on CPUs with AMX or avx512_bf16, XLA:CPU sends a dot with bfloat16
 operands and a float32 result to YNNPACK's bf16 kernel (measured 2.5-4x its float32 rate), but only
-when both operands are row-major arrays. A bf16 -> bf16 dot, or one that reads an operand through
-a transposed view (as every weight gradient, dW = X^T dY, does under autodiff), it upcasts to
-float32 first: slower than float32 compute, converts included. So in bfloat16 the products here
-keep float32 accumulation, and the weight gradient transposes X physically before its dot
-(`rows_to_columns`). The float32 path is the plain `x @ w`, unchanged (exactness against HF).
-Accelerators take the same code: there a dot with a float32 result is the usual mixed precision.
+when its operands are row-major arrays in a matmul's order. A bf16 -> bf16 dot, or one that reads
+an operand through a transposed view (as every weight gradient, dW = X^T dY, does under autodiff),
+it upcasts to float32 first: slower than float32 compute, converts included. So in bfloat16 the
+products here keep float32 accumulation and copy operands into a matmul's order where needed
+(`einsum`). The float32 path is the plain product, unchanged (exactness against HF). The model
+uses this module on CPU only (`model._projection`, `cpu_kernels`); tests/test_mixed_matmul.py
+checks that the compiled products keep bf16 operands.
 """
 from __future__ import annotations
 
@@ -33,18 +34,15 @@ def transposed_copy(a, axes):
     return jnp.transpose(a[..., None], (*axes, a.ndim))[..., 0]
 
 
-def rows_to_columns(a):
-    """a [M, K] -> [K, M] as a new row-major array (`transposed_copy`)."""
-    return transposed_copy(a, (1, 0))
-
-
 def einsum(spec: str, a, b, out_dtype=None):
     """jnp.einsum of two operands with float32 accumulation, result in `out_dtype` (default a's dtype).
 
-    For bfloat16 each operand is first copied into [batch, free, contracted] (a) and
-    [batch, contracted, free] (b) order, so that XLA:CPU runs the product as one batched
-    row-major dot in bf16. Every letter must be a batch (in a, b and the output), contracted
-    (in a and b only) or free (in one operand and the output) dimension.
+    For bfloat16 the product runs as one batched row-major dot, which XLA:CPU keeps in bf16:
+    lhs [batch, free, contracted] and rhs [batch, contracted, free] or [batch, free, contracted].
+    Operands not already in such an order are copied into it (`transposed_copy`), and as XLA:CPU's
+    transposes are slow (tens of ms for a few MB), of the two orientations, a.b and (b.a)^T, the one
+    that copies fewer elements is taken. Every letter must be a batch (in a, b and the output),
+    contracted (in a and b only) or free (in one operand and the output) dimension.
     """
     out_dtype = out_dtype or a.dtype
     if a.dtype == jnp.float32:
@@ -53,21 +51,38 @@ def einsum(spec: str, a, b, out_dtype=None):
     sa, sb = inputs.split(",")
     batch = [c for c in out if c in sa and c in sb]
     contracted = [c for c in sa if c in sb and c not in out]
-    free_a, free_b = [c for c in out if c in sa and c not in sb], [c for c in out if c in sb and c not in sa]
     size = dict(zip(sa, a.shape)) | dict(zip(sb, b.shape))
+    plans = [_plan(batch, contracted, out, size, *operands) for operands in (((a, sa), (b, sb)), ((b, sb), (a, sa)))]
+    return min(plans, key=lambda plan: plan[0])[1](out_dtype)
 
-    def arrange(x, labels, order, shape):
-        return transposed_copy(x, [labels.index(c) for c in order]).reshape(shape)
 
-    nb = len(batch)
-    lead = [size[c] for c in batch]
-    m, k, n = (math.prod(size[c] for c in group) for group in (free_a, contracted, free_b))
-    a2 = arrange(a, sa, batch + free_a + contracted, (*lead, m, k))
-    b2 = arrange(b, sb, batch + contracted + free_b, (*lead, k, n))
-    dims = (((nb + 1,), (nb,)), (tuple(range(nb)), tuple(range(nb))))
-    y = jax.lax.dot_general(a2, b2, dims, preferred_element_type=jnp.float32).astype(out_dtype)
-    y = y.reshape(*lead, *(size[c] for c in free_a + free_b))
-    return jnp.transpose(y, [(batch + free_a + free_b).index(c) for c in out])
+def _plan(batch, contracted, out, size, lhs, rhs):
+    """(elements copied, run) for lhs . rhs as a batched row-major dot, then arranged as `out`."""
+    (x, sx), (y, sy) = lhs, rhs
+    free_x = [c for c in out if c in sx and c not in batch]
+    free_y = [c for c in out if c in sy and c not in batch]
+    orders = {"x": batch + free_x + contracted, "y": batch + contracted + free_y, "y_t": batch + free_y + contracted}
+    y_key = "y" if list(sy) == orders["y"] or list(sy) != orders["y_t"] else "y_t"
+    result = batch + free_x + free_y
+    copied = ((list(sx) != orders["x"]) * x.size + (list(sy) != orders[y_key]) * y.size
+              + (result != list(out)) * math.prod(size[c] for c in out))
+
+    def run(out_dtype):
+        nb, lead = len(batch), [size[c] for c in batch]
+        m, k, n = (math.prod(size[c] for c in group) for group in (free_x, contracted, free_y))
+        x2 = transposed_copy(x, [sx.index(c) for c in orders["x"]]).reshape(*lead, m, k)
+        y2 = transposed_copy(y, [sy.index(c) for c in orders[y_key]])
+        y2 = y2.reshape(*lead, k, n) if y_key == "y" else y2.reshape(*lead, n, k)
+        contracting = ((nb + 1,), (nb if y_key == "y" else nb + 1,))
+        z = jax.lax.dot_general(x2, y2, (contracting, (tuple(range(nb)),) * 2), preferred_element_type=jnp.float32)
+        z = z.astype(out_dtype).reshape(*lead, *(size[c] for c in free_x + free_y))
+        if result == list(out):
+            return z
+        # The barrier keeps XLA from folding this transpose into the dot as (y^T x^T), a dot it
+        # would then neither upcast nor give to the bf16 kernel (it fails at run time).
+        return jnp.transpose(jax.lax.optimization_barrier(z), [result.index(c) for c in out])
+
+    return copied, run
 
 
 def stash(x):
@@ -111,7 +126,7 @@ def weight_gradient(x, dy):
         if x.shape[-1] <= dy.shape[-1]:
             return jnp.einsum("...k,...n->kn", x, dy)
         return jnp.einsum("...n,...k->nk", dy, x).T
-    return _dot(rows_to_columns(_tokens(x)), _tokens(dy.astype(x.dtype)), ((1,), (0,)))
+    return einsum("mk,mn->kn", _tokens(x), _tokens(dy.astype(x.dtype)), jnp.float32)
 
 
 def dense(x, w):

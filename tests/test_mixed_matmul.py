@@ -4,6 +4,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from ankh3 import mixed_matmul
 
@@ -49,11 +50,37 @@ def test_stash_round_trips_bfloat16_bits_and_leaves_other_dtypes():
     assert mixed_matmul.stash(f) is f and mixed_matmul.unstash(f) is f
 
 
-def test_cpu_compiles_every_bfloat16_product_with_bfloat16_operands():
-    # The point of the module: no dot of the forward or backward is upcast to float32 by XLA:CPU.
-    x, w, dy = _operands()
-    compiled = jax.jit(_vjp).lower(x.astype(jnp.bfloat16), w, dy).compile().as_text()
+def _bf16_dots(fn, *args):
+    """The compiled program's dots as (lhs, rhs) operand types; the program must also run."""
+    jax.block_until_ready(jax.jit(fn)(*args))  # XLA:CPU fails at run time on a bf16 dot it mis-assigned
+    compiled = jax.jit(fn).lower(*args).compile().as_text()
     operand_types = dict(re.findall(r"%(\S+) = (\w+)\[", compiled))
     dots = re.findall(r"= \w+\[[^\]]*\]\{[^}]*\} dot\(%([^,]+), %([^)]+)\)", compiled)
-    assert len(dots) == 3, compiled
-    assert all(operand_types[a] == operand_types[b] == "bf16" for a, b in dots), dots
+    return [(operand_types[a], operand_types[b]) for a, b in dots]
+
+
+@pytest.mark.parametrize("width", [16, 512])  # a narrow and a wide x: dW copies x, or dY and the result
+def test_cpu_compiles_every_bfloat16_product_of_dense_with_bfloat16_operands(width):
+    # The point of the module: no dot of the forward or backward is upcast to float32 by XLA:CPU.
+    x, _, dy = _operands()
+    x = jnp.tile(x, (1, 1, width // 16)).astype(jnp.bfloat16)
+    w = jnp.ones((width, dy.shape[-1]), jnp.float32) / width
+    assert _bf16_dots(_vjp, x, w, dy) == [("bf16", "bf16")] * 3
+
+
+# Attention's products: logits, probs.v, and the backward's d_v, d_probs, d_q, d_k.
+SPECS = ["btnk,bsnk->bnts", "bnts,bsnk->btnk", "bnts,btnk->bsnk", "btnk,bsnk->bnts", "bnts,bsnk->btnk",
+         "bnts,btnk->bsnk", "mk,mn->kn"]
+
+
+@pytest.mark.parametrize("spec", sorted(set(SPECS)))
+def test_einsum_in_bfloat16_matches_float32_and_keeps_bfloat16_dots(spec):
+    sizes = dict(b=2, t=6, s=10, n=3, k=4, m=12, n_=5)
+    rng = np.random.default_rng(2)
+    operands = [jnp.asarray(rng.normal(size=[sizes[c] for c in part]), jnp.float32)
+                for part in spec.split("->")[0].split(",")]
+    want = jnp.einsum(spec, *operands)
+    low = [o.astype(jnp.bfloat16) for o in operands]
+    got = mixed_matmul.einsum(spec, *low, jnp.float32)
+    np.testing.assert_allclose(got, want, rtol=0.02, atol=0.05)
+    assert all(pair == ("bf16", "bf16") for pair in _bf16_dots(lambda a, b: mixed_matmul.einsum(spec, a, b), *low))
