@@ -62,7 +62,8 @@ def parse_args(argv):
     p.add_argument("--no_hf", action="store_true", help="skip the PyTorch/HF comparison and the torch ceiling")
     p.add_argument("--no_ceilings", action="store_true", help="skip the GEMM-step ceilings")
     p.add_argument("--scan_unroll", type=int, default=1, help="ModelConfig.scan_unroll of ours")
-    p.add_argument("--also_unroll", type=int, default=0, help="also time ours with this scan_unroll (0: no)")
+    p.add_argument("--also_unroll", type=int, default=0,
+                   help="also time ours (and its bf16 with --also_bf16) with this scan_unroll (0: no)")
     p.add_argument("--also_bf16", action="store_true", help="also time ours with dtype bfloat16")
     p.add_argument("--force_torch_bf16", action="store_true",
                    help="time torch's bf16 runners even where its bf16 matmul has no fast kernel (minutes per step)")
@@ -301,6 +302,7 @@ OURS = "ours (jax, jit+donate)"
 JAX_F32_CEILING = "ceiling: JAX f32 GEMM step"
 JAX_BF16_F32_CEILING = "ceiling: JAX bf16->f32 GEMM step"
 BF16 = "ours, bfloat16 compute"
+AUTOCAST = "HF T5 eager, bf16 autocast"
 
 
 def main(argv=None) -> int:
@@ -316,11 +318,15 @@ def main(argv=None) -> int:
           f"Ld={args.dec_len}  load average {os.getloadavg()[0]:.1f}  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     run_ours, compile_s = jax_runner(cfg, batch)
     runners = {OURS: run_ours}
-    if args.also_unroll:
-        runners[f"ours, scan_unroll={args.also_unroll}"] = jax_runner(
-            dataclasses.replace(cfg, scan_unroll=args.also_unroll), batch)[0]
+    variants = {OURS: cfg}
     if args.also_bf16:
-        runners[BF16] = jax_runner(dataclasses.replace(cfg, dtype="bfloat16"), batch)[0]
+        variants[BF16] = dataclasses.replace(cfg, dtype="bfloat16")
+    if args.also_unroll:  # each of the above with its layer scans unrolled
+        variants |= {f"{name}, scan_unroll={args.also_unroll}": dataclasses.replace(c, scan_unroll=args.also_unroll)
+                     for name, c in variants.items()}
+    for name, variant in variants.items():
+        if name != OURS:
+            runners[name] = jax_runner(variant, batch)[0]
     torch_bf16 = False
     if not args.no_hf:
         rates = torch_matmul_rates()
@@ -337,7 +343,7 @@ def main(argv=None) -> int:
     if not args.no_hf:
         runners["HF T5 torch eager f32"] = hf_runner(cfg, batch, compile_model=False)
         if torch_bf16:
-            runners["HF T5 eager, bf16 autocast"] = hf_runner(cfg, batch, compile_model=False, autocast=True)
+            runners[AUTOCAST] = hf_runner(cfg, batch, compile_model=False, autocast=True)
         if args.torch_compile:
             runners["HF T5 torch.compile"] = hf_runner(cfg, batch, compile_model=True)
     times = time_interleaved(runners, args.steps, args.warmup)
@@ -357,6 +363,10 @@ def main(argv=None) -> int:
     if BF16 in times and JAX_BF16_F32_CEILING in times:
         print(f"ours in bfloat16 reaches {times[JAX_BF16_F32_CEILING] / times[BF16]:.0%} of the JAX bf16->f32 GEMM "
               f"ceiling ({flops / times[JAX_BF16_F32_CEILING] / 1e9:.0f} GFLOP/s measured in this run)")
+    if AUTOCAST in times:
+        best = min((name for name in times if name.startswith(OURS.split(" (")[0])), key=times.get)
+        print(f"fastest of ours ({best}): {times[best] * 1e3:.0f} ms/step = {times[best] / times[AUTOCAST]:.2f}x "
+              f"the time of HF eager with bf16 autocast ({times[AUTOCAST] * 1e3:.0f} ms/step)")
     if args.profile_dir:
         kinds = profile_ours(run_ours, args.profile_dir)
         total = sum(kinds.values())
