@@ -9,6 +9,7 @@ import os
 import time
 
 from analysis.stats import Row
+from ankh3 import tracking
 from ankh3.names import summary_experiment_name
 
 SUMMARY_TAG = "ankh3.summary_of"
@@ -79,9 +80,7 @@ def to_html(title: str, header: list[str], body: list[list[str]], notes: list[st
 # ---- the summary run --------------------------------------------------------------------------------
 def summary_experiment_id(client, experiment_id: str) -> str:
     """The id of the experiment beside `experiment_id` that holds its summary runs (created on first use)."""
-    name = summary_experiment_name(client.get_experiment(experiment_id).name)
-    found = client.get_experiment_by_name(name)
-    return found.experiment_id if found is not None else client.create_experiment(name)
+    return tracking.experiment_id(client, summary_experiment_name(client.get_experiment(experiment_id).name))
 
 
 def log_summary_run(client, experiment_id: str, name: str, subject: str, files: list[str],

@@ -113,6 +113,21 @@ def hostname() -> str:
 
 # ----------------------------------------------------------------------------- the tracker
 
+def experiment_id(client, name: str, location: str | None = None) -> str:
+    """The id of experiment `name`, created on first use. Safe when several processes (sweep workers,
+    grid jobs) create it at once: the losers of the race read the winner's id."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # noqa: BLE001 -- RESOURCE_ALREADY_EXISTS from a REST store, IntegrityError from a file/SQL one
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
 class Tracker:
     """One MLflow run (the pretraining or evaluation run) with buffered, journaled events.
 
@@ -269,9 +284,9 @@ class Tracker:
                 self._ask_store = True
                 reopen = True
             else:
-                experiment_id = self._experiment_id(client)
+                experiment = experiment_id(client, self.experiment, artifact_location(self.uri, self.experiment))
                 tags = dict(self.tags)
-                run = client.create_run(experiment_id, run_name=self.run_name, tags=tags)
+                run = client.create_run(experiment, run_name=self.run_name, tags=tags)
                 self._run_id = run.info.run_id
                 self._save_run_id()
                 return self._run_id
@@ -280,18 +295,6 @@ class Tracker:
             if self.tags:
                 self._send_tags(client, self._run_id, self.tags)
         return self._run_id
-
-    def _experiment_id(self, client) -> str:
-        found = client.get_experiment_by_name(self.experiment)
-        if found is not None:
-            return found.experiment_id
-        try:
-            return client.create_experiment(self.experiment, artifact_location=artifact_location(self.uri, self.experiment))
-        except Exception:  # another process created it between our two calls
-            found = client.get_experiment_by_name(self.experiment)
-            if found is None:
-                raise
-            return found.experiment_id
 
     def _send_metrics(self, client, run_id: str, events: list[dict]) -> None:
         """Sends each (metric, step) the store does not hold yet, so that it holds every row exactly once.

@@ -29,6 +29,30 @@ def test_flatten_and_param_values_follow_mlflow_limits():
     assert tracking.clean_key("train/[NLU]/loss") == "train/_NLU_/loss"
 
 
+def test_an_experiment_created_by_another_process_between_check_and_create_is_reused(store):
+    """Sweep workers and grid jobs start together: the ones that lose the race to create the
+    experiment use the winner's, rather than failing their trial."""
+    client = _client(store)
+
+    class LateToTheRace:  # sees no experiment, then another process creates it before ours does
+        def __init__(self):
+            self.looked = 0
+
+        def get_experiment_by_name(self, name):
+            self.looked += 1
+            if self.looked == 1:
+                client.create_experiment(name)
+                return None
+            return client.get_experiment_by_name(name)
+
+        def create_experiment(self, name, artifact_location=None):
+            return client.create_experiment(name, artifact_location=artifact_location)
+
+    winner = tracking.experiment_id(LateToTheRace(), "raced")
+    assert winner == client.get_experiment_by_name("raced").experiment_id
+    assert tracking.experiment_id(client, "raced") == winner
+
+
 def test_run_logs_params_metrics_children_and_artifacts(store, tmp_path):
     params = {f"p{i}": i for i in range(250)}  # more than one log_batch of params
     tracker = tracking.Tracker(store, "fam", "v-s0", str(tmp_path / "w"), tags={"family": "fam"}).start()
