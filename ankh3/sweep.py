@@ -208,7 +208,7 @@ def open_parent_run(study, spec: SweepSpec, uri: str, experiment: str, storage_u
     """The sweep's MLflow parent run: found through the study's user attrs, else created (and recorded)."""
     from mlflow import MlflowClient
 
-    from ankh3.tracking import artifact_location, experiment_id
+    from ankh3.tracking import experiment_id
 
     client = MlflowClient(tracking_uri=uri)
     known = study.user_attrs.get("mlflow_parent_run_id")
@@ -218,7 +218,7 @@ def open_parent_run(study, spec: SweepSpec, uri: str, experiment: str, storage_u
             return known
         except Exception:  # noqa: BLE001 -- deleted or from another store: make a new one
             pass
-    run = client.create_run(experiment_id(client, experiment, artifact_location(uri, experiment)), run_name=f"sweep-{study.study_name}", tags={
+    run = client.create_run(experiment_id(client, experiment), run_name=f"sweep-{study.study_name}", tags={
         "optuna.study": study.study_name, "optuna.storage": public_url(storage_url), "sweep.role": "parent",
         "sweep.objective": spec.metric, "sweep.direction": spec.direction, "family": family})
     study.set_user_attr("mlflow_parent_run_id", run.info.run_id)

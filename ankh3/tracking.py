@@ -113,14 +113,15 @@ def hostname() -> str:
 
 # ----------------------------------------------------------------------------- the tracker
 
-def experiment_id(client, name: str, location: str | None = None) -> str:
-    """The id of experiment `name`, created on first use. Safe when several processes (sweep workers,
-    grid jobs) create it at once: the losers of the race read the winner's id."""
+def experiment_id(client, name: str) -> str:
+    """The id of experiment `name`, created on first use (artifacts where `artifact_location` puts them
+    for the client's store). Safe when several processes (sweep workers, grid jobs) create it at once:
+    the losers of the race read the winner's id."""
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
     except Exception:  # noqa: BLE001 -- RESOURCE_ALREADY_EXISTS from a REST store, IntegrityError from a file/SQL one
         found = client.get_experiment_by_name(name)
         if found is None:
@@ -284,7 +285,7 @@ class Tracker:
                 self._ask_store = True
                 reopen = True
             else:
-                experiment = experiment_id(client, self.experiment, artifact_location(self.uri, self.experiment))
+                experiment = experiment_id(client, self.experiment)
                 tags = dict(self.tags)
                 run = client.create_run(experiment, run_name=self.run_name, tags=tags)
                 self._run_id = run.info.run_id

@@ -35,6 +35,8 @@ def test_an_experiment_created_by_another_process_between_check_and_create_is_re
     client = _client(store)
 
     class LateToTheRace:  # sees no experiment, then another process creates it before ours does
+        tracking_uri = store
+
         def __init__(self):
             self.looked = 0
 
