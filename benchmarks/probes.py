@@ -21,7 +21,9 @@ them costs kernel time. Suffixes combine (`now+cache+1thread`).
 
 `before` is the probe path as it was up to commit a9de306, reimplemented faithfully here: one head per
 seed trained alone, batches in random order padded to 64-multiples (then powers of two), a compiled
-train step and predict step per padded length; embeddings and heads are the library's.
+train step and predict step per padded length; embeddings are the library's, and so are the heads, except
+that their ConvBERT layer computes as it did up to commit 16a5a6a (`before_convbert_call`: convolution
+windows stacked into [B, L, kernel, C], dropout masks from jax.random's 'rbg' keys).
 """
 from __future__ import annotations
 
@@ -116,6 +118,45 @@ def before_train_probe(kind, splits, score, select, cfg, *, seed, num_classes, h
     return probe.ProbeResult({n: score(n, p) for n, p in predictions.items()}, predictions, best[1], [])
 
 
+def before_convbert_call(self, x, mask, key=None):
+    """ConvBertLayer.__call__ up to commit 16a5a6a: the same function, computed with stacked windows."""
+    import math
+
+    import jax
+    import jax.numpy as jnp
+
+    def unfold(t, kernel):
+        half = kernel // 2
+        padded = jnp.pad(t, ((0, 0), (half, kernel - 1 - half), (0, 0)))
+        return jnp.stack([padded[:, j:j + t.shape[1]] for j in range(kernel)], axis=2)
+
+    def drop(t, k):
+        if k is None:
+            return t
+        keep = jax.random.bernoulli(k, 1.0 - self.dropout_rate, t.shape)
+        return jax.lax.select(keep, t / (1.0 - self.dropout_rate), jnp.zeros_like(t))
+
+    keys = list(jax.random.split(key, 3)) if key is not None else [None] * 3
+    b, length, dim = x.shape
+    h, hd = self.heads, self.head_dim
+    real = mask[..., None].astype(x.dtype)
+    x = x * real
+    q, k, v = self.query(x), self.key(x), self.value(x)
+    conv_key = jnp.einsum("blkc,kc->blc", unfold(x, self.kernel), self.key_depthwise[...])
+    conv_key = conv_key @ self.key_pointwise[...] + self.key_bias[...]
+    span = jax.nn.softmax(self.span_kernel(conv_key * q).reshape(b, length, h, self.kernel), axis=-1)
+    windows = unfold(self.conv_value(x) * real, self.kernel).reshape(b, length, self.kernel, h, hd)
+    conv_out = jnp.einsum("blkhd,blhk->blhd", windows, span)
+    qh, kh, vh = (t.reshape(b, length, h, hd) for t in (q, k, v))
+    scores = jnp.einsum("bqhd,bkhd->bhqk", qh, kh) / math.sqrt(hd)
+    scores = jnp.where(mask[:, None, None, :], scores, -1e9)
+    context = jnp.einsum("bhqk,bkhd->bqhd", drop(jax.nn.softmax(scores, axis=-1), keys[0]), vh)
+    mixed = jnp.concatenate([context, conv_out], axis=2).reshape(b, length, dim)
+    hidden = self.attn_norm(drop(self.attn_out(mixed), keys[1]) + x)
+    ff = self.mlp_out(jax.nn.gelu(self.mlp_in(hidden), approximate=False))
+    return self.mlp_norm(drop(ff, keys[2]) + hidden)
+
+
 def _jits():
     import jax
     import optax
@@ -151,6 +192,9 @@ def run_one(path: str, args) -> dict:
     from ankh3.tokenizer import Tokenizer
 
     if path == "before":
+        from ankh3.downstream.heads import ConvBertLayer
+
+        ConvBertLayer.__call__ = before_convbert_call
         _before_step, _before_predict = _jits()
 
         def train_probes(kind, splits, score, select, cfg, *, seeds, on_step=None, **kw):

@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from ankh3.downstream.heads import (ContactPredictor, ConvBertLayer, HeadConfig, HeadError, ResidueClassifier,
-                                    SequenceRegressor)
+                                    SequenceRegressor, dropout)
 
 DIM = 16
 
@@ -90,6 +90,26 @@ def test_dropout_is_active_only_with_a_key():
     x, mask = _inputs()
     np.testing.assert_array_equal(head(x, mask), head(x, mask))
     assert not np.allclose(head(x, mask, jax.random.key(1)), head(x, mask))
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.5])
+def test_hashed_dropout_drops_the_rate_keeps_the_mean_and_differs_between_keys(rate):
+    x = jnp.ones((8, 2, 64, 64))
+    a = np.asarray(dropout(x, rate, jax.random.key(0)))
+    b = np.asarray(dropout(x, rate, jax.random.key(1)))
+    n = a.size
+    for out in (a, b):
+        assert abs((out == 0).mean() - rate) < 4 * np.sqrt(rate * (1 - rate) / n)  # binomial, 4 sd
+        np.testing.assert_allclose(out[out != 0], 1 / (1 - rate), rtol=1e-6)
+        assert abs(out.mean() - 1) < 0.02
+    np.testing.assert_array_equal(a, np.asarray(dropout(x, rate, jax.random.key(0))))  # same key, same mask
+    # Two keys' masks agree only by chance (P(agree) = r^2 + (1-r)^2), also under any small shift of the index.
+    agree = rate ** 2 + (1 - rate) ** 2
+    flat_a, flat_b = (a == 0).ravel(), (b == 0).ravel()
+    for shift in range(-3, 4):
+        assert abs((np.roll(flat_a, shift) == flat_b).mean() - agree) < 0.01
+    # Neighbouring elements of one mask are independent too.
+    assert abs((flat_a[1:] == flat_a[:-1]).mean() - agree) < 0.01
 
 
 @pytest.mark.parametrize("pair_dim", [8, 0])

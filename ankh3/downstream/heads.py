@@ -39,12 +39,37 @@ class HeadConfig:
         return dataclasses.asdict(self)
 
 
-def _unfold(x: jax.Array, kernel: int) -> jax.Array:
-    """[B, L, C] -> [B, L, kernel, C]: the zero-padded window centred on each position."""
-    half = kernel // 2
-    padded = jnp.pad(x, ((0, 0), (half, kernel - 1 - half), (0, 0)))
-    length = x.shape[1]
-    return jnp.stack([padded[:, j:j + length] for j in range(kernel)], axis=2)
+def _windows(x: jax.Array, kernel: int) -> list[jax.Array]:
+    """The zero-padded window centred on each position of x [B, L, ...], as `kernel` shifted copies of x
+    (window slot j of position i is x[i + j - kernel // 2]). Kept as separate views that the caller
+    weights and sums, so XLA fuses them into one elementwise pass: stacking them into [B, L, kernel, ...]
+    made copies and concatenations most of the probe step's time on CPU."""
+    half, length = kernel // 2, x.shape[1]
+    padded = jnp.pad(x, ((0, 0), (half, kernel - 1 - half)) + ((0, 0),) * (x.ndim - 2))
+    return [padded[:, j:j + length] for j in range(kernel)]
+
+
+def _mix32(h: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finalizer: a bijection of uint32 whose output bits each depend on every input bit."""
+    h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)
+    h = (h ^ (h >> 13)) * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+    """Inverted dropout whose mask is a keyed hash of each element's index (a counter-based generator).
+
+    Why not jax.random: on CPU, XLA's RngBitGenerator (the 'rbg' keys) runs as a separate call with
+    concatenations of its output, and threefry as dozens of integer ops per element; for the attention
+    probabilities' [B, heads, L, L] mask either cost more than the probe head's matmuls. The hash fuses
+    into the elementwise multiply. The two key words enter in separate rounds, so two keys do not give
+    shifted or permuted copies of one mask; the bits are for regularisation, not for statistics.
+    """
+    k0, k1 = jax.random.bits(key, (2,), jnp.uint32)
+    index = jax.lax.iota(jnp.uint32, x.size).reshape(x.shape)
+    bits = _mix32(_mix32(index ^ k0) + k1)
+    keep = bits >= jnp.uint32(min(round(rate * 2.0**32), 2**32 - 1))
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
 
 
 def _linear(n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
@@ -78,7 +103,7 @@ class ConvBertLayer(nnx.Module):
         self.mlp_in = _linear(dim, hidden, rngs)
         self.mlp_out = _linear(hidden, dim, rngs)
         self.mlp_norm = nnx.LayerNorm(dim, epsilon=1e-12, rngs=rngs)
-        self.dropout = nnx.Dropout(cfg.dropout)
+        self.dropout_rate = cfg.dropout
 
     def __call__(self, x: jax.Array, mask: jax.Array, key: jax.Array | None = None) -> jax.Array:
         keys = list(jax.random.split(key, 3)) if key is not None else [None] * 3
@@ -88,12 +113,13 @@ class ConvBertLayer(nnx.Module):
         x = x * real
         q, k, v = self.query(x), self.key(x), self.value(x)
 
-        conv_key = jnp.einsum("blkc,kc->blc", _unfold(x, self.kernel), self.key_depthwise[...])
+        depthwise = self.key_depthwise[...]
+        conv_key = sum(w * depthwise[j] for j, w in enumerate(_windows(x, self.kernel)))
         conv_key = conv_key @ self.key_pointwise[...] + self.key_bias[...]
         span = self.span_kernel(conv_key * q).reshape(b, length, h, self.kernel)
         span = jax.nn.softmax(span, axis=-1)
-        windows = _unfold(self.conv_value(x) * real, self.kernel).reshape(b, length, self.kernel, h, hd)
-        conv_out = jnp.einsum("blkhd,blhk->blhd", windows, span)
+        conv_value = (self.conv_value(x) * real).reshape(b, length, h, hd)
+        conv_out = sum(w * span[..., j, None] for j, w in enumerate(_windows(conv_value, self.kernel)))
 
         qh, kh, vh = (t.reshape(b, length, h, hd) for t in (q, k, v))
         scores = jnp.einsum("bqhd,bkhd->bhqk", qh, kh) / math.sqrt(hd)
@@ -107,9 +133,9 @@ class ConvBertLayer(nnx.Module):
         return self.mlp_norm(self._drop(ff, keys[2]) + hidden)
 
     def _drop(self, x: jax.Array, key: jax.Array | None) -> jax.Array:
-        if key is None:
+        if key is None or self.dropout_rate == 0:
             return x
-        return self.dropout(x, deterministic=False, rngs=key)
+        return dropout(x, self.dropout_rate, key)
 
 
 class ResidueClassifier(nnx.Module):
