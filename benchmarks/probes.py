@@ -3,6 +3,7 @@ today's path against the path before it, in one run.
 
     python benchmarks/probes.py                                   # 64 chains per split, 3 seeds, 2 epochs
     python benchmarks/probes.py --per_split=0 --seeds=3           # the full bundled splits
+    python benchmarks/probes.py --per_split=0 --tasks=ssp3        # one task's full splits
 
 Each path runs in a fresh subprocess (no compiled program or embedding is shared between them), the
 paths alternate `--repeats` times, and the best wall time of each is reported with the ratio. Both
@@ -14,6 +15,9 @@ two paths can be seen to learn alike.
 (launch/run.py's `--compile_cache`, ankh3/compile_cache.py) filled by one untimed run of the same path,
 then timed; on a 2-core CPU the probes of small splits are compile-bound, so this is the path that
 matters for every run after the first.
+
+Today's paths run with glibc's huge-page tunable, as `launch/run.py` starts itself (ankh3/host_malloc.py);
+`before` runs without it.
 
 `now+1thread` runs XLA:CPU single-threaded (`XLA_FLAGS=--xla_cpu_multi_thread_eigen=false
 intra_op_parallelism_threads=1`): the probe heads' ops are small, and waking a thread pool for each of
@@ -42,6 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run as a script from anywhere
 
 from ankh3.compile_cache import cache_env  # noqa: E402
+from ankh3.host_malloc import environment_with_hugepages  # noqa: E402
 
 TASKS = ("ssp3", "contact", "gb1")
 ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -50,12 +55,17 @@ ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--per_split", type=int, default=64, help="chains per split (0 = all of the bundle)")
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)}")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--repeats", type=int, default=1, help="alternating runs of each path; best wall time kept")
     p.add_argument("--paths", default="before,now,now+cache,now+1thread")
     p.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: run one path, print JSON
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    unknown = sorted(set(args.tasks.split(",")) - set(TASKS))
+    if unknown:
+        p.error(f"--tasks: unknown {', '.join(unknown)}; use some of {', '.join(TASKS)}")
+    return args
 
 
 # ---- the path before: one head per seed, 64-multiple buckets, batches in random order ----------------
@@ -203,7 +213,7 @@ def run_one(path: str, args) -> dict:
         evaluate.train_probes = train_probes
     cfg = get_shape("tiny")
     start = time.perf_counter()
-    data = [load_task(name, max_per_split=args.per_split or None) for name in TASKS]
+    data = [load_task(name, max_per_split=args.per_split or None) for name in args.tasks.split(",")]
     results = evaluate.run_tasks(embed.make_model_encode_fn(T5(cfg, rngs=nnx.Rngs(0))), Tokenizer.default(), data,
                                  "[NLU]", seeds=args.seeds, epochs=args.epochs,
                                  random_encode_fn=embed.make_random_encode_fn(cfg, seed=1), progress=False,
@@ -225,8 +235,10 @@ def main(argv=None) -> None:
 
     def one(path: str) -> dict:
         cmd = [sys.executable, os.path.abspath(__file__), f"--one={path.split('+')[0]}",
-               f"--per_split={args.per_split}", f"--seeds={args.seeds}", f"--epochs={args.epochs}"]
+               f"--per_split={args.per_split}", f"--tasks={args.tasks}", f"--seeds={args.seeds}", f"--epochs={args.epochs}"]
         env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+        if not path.startswith("before"):  # as launch/run.py starts today's path
+            env = environment_with_hugepages(env) or env
         if "+cache" in path:
             env.update(cache_env(cache))
         if "+1thread" in path:  # XLA:CPU runs each op on the calling thread: no pool to wake per small op
@@ -249,7 +261,7 @@ def main(argv=None) -> None:
             if path not in best or result["wall_s"] < best[path]["wall_s"]:
                 best[path] = result
     print(f"\nprobes end to end: per_split={args.per_split or 'all'}, seeds={args.seeds}, epochs={args.epochs}, "
-          f"tasks {', '.join(TASKS)}; sources model, onehot, random; {os.cpu_count()} CPUs")
+          f"tasks {args.tasks}; sources model, onehot, random; {os.cpu_count()} CPUs")
     for path in paths:
         print(f"  {path:<20} {best[path]['wall_s']:8.1f} s wall  {best[path]['user_s']:8.1f} s user  "
               f"{best[path]['sys_s']:8.1f} s sys")

@@ -17,6 +17,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # ankh3/, experiments/
+if __name__ == "__main__":  # before any work: glibc reads its tunables only at process start
+    from ankh3.host_malloc import reexec_with_hugepages
+
+    reexec_with_hugepages()
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
