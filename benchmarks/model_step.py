@@ -1,12 +1,15 @@
 """Training-step throughput of our T5 against HF transformers' T5 (PyTorch) and against GEMM ceilings.
 
     python benchmarks/model_step.py                      # CPU reference shape: ceilings, HF f32 + autocast, ours
+    python benchmarks/model_step.py --also_bf16 --also_unroll=4   # also ours in bf16 and with layers unrolled
     python benchmarks/model_step.py --torch_compile      # also HF with torch.compile
     python benchmarks/model_step.py --shape=ankh3_large --dtype=bfloat16 --no_hf   # GPU: MFU
 
 One step = forward, backward and an AdamW update on a fixed random batch. Times are medians of
 `--steps` steps after `--warmup`; ours is one jitted function with the state donated. Every runner
-takes its turn step by step, so all see the same load on a shared machine.
+takes its turn step by step, so all see the same load on a shared machine. The process starts with
+glibc's huge-page tunable, as launch/run.py does (`--no_hugepages`: without), so torch's runners run
+with it too.
 
 The ceilings are runners too: one "GEMM step" runs every matrix product of a training step
 (forward, and both products of each in the backward, at the model's shapes, attention's batched
@@ -36,13 +39,18 @@ import statistics
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from flax import nnx
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
+if __name__ == "__main__" and "--no_hugepages" not in sys.argv:  # as launch/run.py starts: glibc reads it at start
+    from ankh3.host_malloc import reexec_with_hugepages
+
+    reexec_with_hugepages()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
+
 from ankh3.model import T5, ModelConfig, attention_impl, get_shape  # noqa: E402
 
 H100_BF16_PEAK = 989e12
@@ -71,6 +79,8 @@ def parse_args(argv):
     p.add_argument("--compile_depths", default="4,48", help="encoder depths for the compile-time figure ('' skips)")
     p.add_argument("--profile_dir", default="", help="also trace 2 of our steps there (jax.profiler) and print "
                    "where their time goes, by kind of XLA op")
+    p.add_argument("--no_hugepages", action="store_true", help="run without glibc's malloc.hugetlb=1, which "
+                   "launch/run.py (and so this benchmark, by default) starts with: ankh3/host_malloc.py")
     p.add_argument("--peak_flops", type=float, default=H100_BF16_PEAK)
     return p.parse_args(argv)
 
@@ -315,7 +325,7 @@ def main(argv=None) -> int:
     assert abs(gemm_flops(gemms) / flops - 1) < 1e-9, "the GEMM step must do the step's model FLOPs"
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  shape={args.shape} dtype={args.dtype} "
           f"attention={attention_impl(cfg)} remat={args.remat} batch={args.batch} Le={args.enc_len} "
-          f"Ld={args.dec_len}  load average {os.getloadavg()[0]:.1f}  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+          f"Ld={args.dec_len}  GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}  load average {os.getloadavg()[0]:.1f}  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     run_ours, compile_s = jax_runner(cfg, batch)
     runners = {OURS: run_ours}
     variants = {OURS: cfg}
