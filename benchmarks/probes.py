@@ -27,7 +27,9 @@ them costs kernel time. Suffixes combine (`now+cache+1thread`).
 seed trained alone, batches in random order padded to 64-multiples (then powers of two), a compiled
 train step and predict step per padded length; embeddings are the library's, and so are the heads, except
 that their ConvBERT layer computes as it did up to commit 16a5a6a (`before_convbert_call`: convolution
-windows stacked into [B, L, kernel, C], dropout masks from jax.random's 'rbg' keys).
+windows stacked into [B, L, kernel, C], dropout masks from jax.random's 'rbg' keys), and the contact head's
+pair term is the einsum over [B, L, L, p] it was before ankh3/downstream/pair_distance.py
+(`before_pair_term`).
 """
 from __future__ import annotations
 
@@ -167,6 +169,13 @@ def before_convbert_call(self, x, mask, key=None):
     return self.mlp_norm(drop(ff, keys[2]) + hidden)
 
 
+def before_pair_term(z, v):
+    """The contact head's |difference| term up to this change: an einsum over [B, L, L, p]."""
+    import jax.numpy as jnp
+
+    return jnp.einsum("bijp,p->bij", jnp.abs(z[:, :, None] - z[:, None]), v)
+
+
 def _jits():
     import jax
     import optax
@@ -202,9 +211,10 @@ def run_one(path: str, args) -> dict:
     from ankh3.tokenizer import Tokenizer
 
     if path == "before":
-        from ankh3.downstream.heads import ConvBertLayer
+        from ankh3.downstream import heads
 
-        ConvBertLayer.__call__ = before_convbert_call
+        heads.ConvBertLayer.__call__ = before_convbert_call
+        heads.weighted_l1_distance = before_pair_term
         _before_step, _before_predict = _jits()
 
         def train_probes(kind, splits, score, select, cfg, *, seeds, on_step=None, **kw):

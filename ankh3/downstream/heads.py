@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ankh3.downstream.pair_distance import weighted_l1_distance
 from ankh3.errors import UserError
 
 _NEG = -1e9  # finite, so that a fully masked row gives a uniform softmax instead of NaN
@@ -180,7 +181,8 @@ class ContactPredictor(nnx.Module):
     (h_i * h_j) feature on the full width, computed as a bilinear form without materialising
     [B, L, L, D]. The signed h_i - h_j is replaced by |P h_i - P h_j| on a `pair_dim`
     projection (0 disables it): a linear map of a signed difference is antisymmetric and
-    cancels exactly under symmetrisation, and the projection bounds the [B, L, L, p] tensor.
+    cancels exactly under symmetrisation. The pair term is computed without a [B, L, L, p] tensor
+    (pair_distance.py); p bounds its cost.
     """
 
     def __init__(self, dim: int, cfg: HeadConfig = HeadConfig(), *, rngs: nnx.Rngs):
@@ -196,5 +198,5 @@ class ContactPredictor(nnx.Module):
         logits = jnp.einsum("bid,bjd,d->bij", h, h, self.product_weight[...]) + self.bias[...]
         if self.project is not None:
             z = self.project(h)
-            logits = logits + jnp.einsum("bijp,p->bij", jnp.abs(z[:, :, None] - z[:, None]), self.diff_weight[...])
+            logits = logits + weighted_l1_distance(z, self.diff_weight[...])
         return 0.5 * (logits + jnp.swapaxes(logits, 1, 2))

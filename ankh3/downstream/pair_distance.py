@@ -1,0 +1,73 @@
+"""The contact head's pair feature, sum_p v_p |z_ip - z_jp|, without a [B, L, L, p] tensor.
+
+Written as `einsum("bijp,p->bij", abs(z[:, :, None] - z[:, None]), v)`, XLA:CPU materialised the
+[B, L, L, p] differences in the forward pass and again (as signs) in the backward, and turned the
+reductions into matrix-vector products over them. Here the forward adds the p terms in elementwise
+passes over [B, L, L], and the backward needs one reduction over [B, L, L] per feature:
+
+    R_kp = sum_j S_kj sign(z_kp - z_jp),   S = G + G^T  (G the cotangent of the output)
+    dz_kp = v_p R_kp,                      dv_p = sum_k z_kp R_kp
+
+(the second because |d| = d sign(d) and S is symmetric). Signs are jnp.sign's, 0 at ties: the gradient
+is autodiff's of the einsum form except at tied features (z_ip = z_jp, i != j, in practice padding, which
+the loss masks), where jnp.abs's autodiff picks +1 for both orderings and so an asymmetric subgradient.
+
+The contact head's training step (batch 16, length 256, width 128, p 32) went from ~540 ms to ~315 ms on
+a 2-core CPU; the residue head's is ~140 ms at that shape (benchmarks/RESULTS.md, 2026-12-03).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+# Features per loop iteration. Each iteration is one elementwise pass (forward) or one multi-output
+# reduction (backward) over [B, L, L]; 8 ran the contact step in 315 ms against 415 ms for 1 at batch 16,
+# length 256, p 32. A loop of one iteration is inlined and fused like a Python sum, so p <= 8 recomputes.
+CHUNK = 8
+
+
+def _chunks(a: jax.Array) -> jax.Array:
+    """a [..., p] as [p / CHUNK, CHUNK, ...] (zero-padded features add nothing to either pass)."""
+    p = a.shape[-1]
+    a = jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, -p % CHUNK)])
+    return jnp.moveaxis(a, -1, 0).reshape((-1, CHUNK) + a.shape[:-1])
+
+
+def _signed_column_sums(zp: jax.Array, s: jax.Array) -> jax.Array:
+    """R[b, k] = sum_j s[b, j, k] sign(z[b, k] - z[b, j]) for one feature zp [B, L]; s symmetric, so summing
+    over its major axis (which XLA:CPU vectorises along k) equals the row sum. A select, not a multiply
+    by sign, so that XLA does not rewrite it as a dot over a materialised sign tensor."""
+    d = zp[:, None, :] - zp[:, :, None]
+    return jnp.sum(jnp.where(d > 0, s, jnp.where(d < 0, -s, jnp.zeros((), s.dtype))), axis=1)
+
+
+@jax.custom_vjp
+def weighted_l1_distance(z: jax.Array, v: jax.Array) -> jax.Array:
+    """[B, L, L] of sum_p v[p] |z[b, i, p] - z[b, j, p]| for z [B, L, p] and v [p]."""
+    zc, vc = _chunks(z), _chunks(v)
+
+    def add_chunk(c, total):
+        zp, vp = zc[c], vc[c]
+        return total + sum(vp[q].astype(total.dtype) * jnp.abs(zp[q][:, :, None] - zp[q][:, None, :])
+                           for q in range(zp.shape[0]))
+
+    # A loop, not a Python sum: XLA fused the unrolled sum into each of its consumers (the loss's
+    # selects, the symmetrisation), recomputing all p terms there; a loop's result is computed once.
+    return jax.lax.fori_loop(0, zc.shape[0], add_chunk, jnp.zeros(z.shape[:2] + z.shape[1:2], z.dtype))
+
+
+def _forward(z, v):
+    return weighted_l1_distance(z, v), (z, v)
+
+
+def _backward(residuals, g):
+    z, v = residuals
+    s = g + jnp.swapaxes(g, 1, 2)
+    # One feature at a time: a vmap over p materialised the [p, B, L, L] selects before reducing them.
+    r = jax.lax.map(lambda zp: jnp.stack([_signed_column_sums(zp[q], s) for q in range(CHUNK)]), _chunks(z))
+    r = jnp.moveaxis(r.reshape((-1,) + r.shape[2:])[:z.shape[-1]], 0, -1)
+    return (r * v).astype(z.dtype), jnp.sum(r * z, axis=(0, 1)).astype(v.dtype)
+
+
+weighted_l1_distance.defvjp(_forward, _backward)
