@@ -43,8 +43,9 @@ RUN_SIZES = {
                  compute_dtype="float32", remat="none", downstream_epochs=2, downstream_max_per_split=200,
                  downstream_seeds=(0, 1, 2)),
     # At most an hour on a 2-core CPU: 43.6 min of pretraining on a quiet 2-core AVX2 EPYC (1.03 steps/s),
-    # then probes of the full splits with 3 seeds (ssp3 + gb1: 17 min). Its encoder does not yet beat the
-    # random encoder (ssp3 test Q3 +0.005, 95% CI [-0.010, +0.019]): docs/cpu_hour.md has the numbers.
+    # then probes of the full splits with 3 seeds (ssp3 + gb1: 17 min). Its encoder does not beat the
+    # random encoder (ssp3 test Q3 +0.005, 95% CI [-0.010, +0.019]), nor did 2.4x the steps, lr 3e-2 or
+    # denoising only on validation: docs/cpu_hour.md has the numbers.
     "cpu_hour": dict(batch_size=32, max_residues=128, steps=2700, warmup_steps=200, schedule="cosine",
                      learning_rate=1e-2, eval_every=250, eval_batches=16, checkpoint_every=500, log_every=25,
                      compute_dtype="float32", remat="none", downstream_epochs=4, downstream_max_per_split=0,
