@@ -30,9 +30,12 @@ def test_values_and_gradients_match_the_einsum_form(pair_dim):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_gradients_under_jit_and_in_bfloat16_inputs():
-    z = jax.random.normal(jax.random.key(3), (1, 16, 4)).astype(jnp.bfloat16)
-    v = jnp.ones((4,), jnp.float32)
+def test_bfloat16_features_with_float32_weights_add_in_float32_as_the_einsum_did():
+    z = jax.random.normal(jax.random.key(3), (1, 16, 12)).astype(jnp.bfloat16)
+    v = jax.random.normal(jax.random.key(4), (12,))
+    out = jax.jit(weighted_l1_distance)(z, v)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, einsum_form(z, v), rtol=1e-5, atol=1e-5)
     dz, dv = jax.jit(jax.grad(lambda z, v: jnp.sum(weighted_l1_distance(z, v)), argnums=(0, 1)))(z, v)
     assert dz.dtype == jnp.bfloat16 and dv.dtype == jnp.float32
     assert np.all(np.isfinite(np.asarray(dz, np.float32))) and np.all(np.isfinite(dv))

@@ -46,15 +46,16 @@ def _signed_column_sums(zp: jax.Array, s: jax.Array) -> jax.Array:
 def weighted_l1_distance(z: jax.Array, v: jax.Array) -> jax.Array:
     """[B, L, L] of sum_p v[p] |z[b, i, p] - z[b, j, p]| for z [B, L, p] and v [p]."""
     zc, vc = _chunks(z), _chunks(v)
+    dtype = jnp.result_type(z, v)  # as the einsum promoted: bf16 features with float32 weights add in float32
 
     def add_chunk(c, total):
         zp, vp = zc[c], vc[c]
-        return total + sum(vp[q].astype(total.dtype) * jnp.abs(zp[q][:, :, None] - zp[q][:, None, :])
+        return total + sum(vp[q].astype(dtype) * jnp.abs(zp[q][:, :, None] - zp[q][:, None, :]).astype(dtype)
                            for q in range(zp.shape[0]))
 
     # A loop, not a Python sum: XLA fused the unrolled sum into each of its consumers (the loss's
     # selects, the symmetrisation), recomputing all p terms there; a loop's result is computed once.
-    return jax.lax.fori_loop(0, zc.shape[0], add_chunk, jnp.zeros(z.shape[:2] + z.shape[1:2], z.dtype))
+    return jax.lax.fori_loop(0, zc.shape[0], add_chunk, jnp.zeros(z.shape[:2] + z.shape[1:2], dtype))
 
 
 def _forward(z, v):
