@@ -33,7 +33,7 @@ from flax import nnx  # noqa: E402
 from ankh3.downstream import heads  # noqa: E402
 from ankh3.downstream.kinds import get_kind  # noqa: E402
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-from probes import before_convbert_call, before_pair_term  # noqa: E402
+from probes import BEFORE_LAYERS, swap_head_layers  # noqa: E402
 
 HEADS = {"residue": ("residue_classification", lambda dim: heads.ResidueClassifier(dim, 3, rngs=nnx.Rngs(0))),
          "contact": ("contact", lambda dim: heads.ContactPredictor(dim, rngs=nnx.Rngs(0)))}
@@ -62,14 +62,12 @@ def make_batch(kind: str, batch: int, length: int, width: int) -> dict:
 def make_runner(head: str, path: str, args):
     """A zero-argument function that runs one training step; the layer is chosen at trace time."""
     kind, build = HEADS[head]
-    original = (heads.ConvBertLayer.__call__, heads.weighted_l1_distance)
-    if path == "before":
-        heads.ConvBertLayer.__call__, heads.weighted_l1_distance = before_convbert_call, before_pair_term
+    replaced = swap_head_layers(*BEFORE_LAYERS) if path == "before" else None
     graphdef, params = nnx.split(build(args.width), nnx.Param)
     tx = optax.adamw(1e-3)
     batch = make_batch(kind, args.batch, args.length, args.width)
 
-    @jax.jit
+    @jax.jit  # one per runner: probes.py's shared step would reuse one program for both paths (same graphdef)
     def step(params, opt_state, key):
         def loss_fn(p):
             return get_kind(kind).loss(nnx.merge(graphdef, p)(batch["x"], batch["mask"], key), batch)
@@ -85,7 +83,8 @@ def make_runner(head: str, path: str, args):
         jax.block_until_ready(loss)
 
     run()  # compile while this path's layer is in place
-    heads.ConvBertLayer.__call__, heads.weighted_l1_distance = original
+    if replaced:
+        swap_head_layers(*replaced)
     return run
 
 

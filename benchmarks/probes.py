@@ -176,6 +176,19 @@ def before_pair_term(z, v):
     return jnp.einsum("bijp,p->bij", jnp.abs(z[:, :, None] - z[:, None]), v)
 
 
+BEFORE_LAYERS = (before_convbert_call, before_pair_term)
+
+
+def swap_head_layers(convbert_call, pair_term) -> tuple:
+    """Puts a ConvBERT `__call__` and a contact pair term into ankh3.downstream.heads (they take effect
+    when a head is next traced); returns the two it replaced, to put back."""
+    from ankh3.downstream import heads
+
+    replaced = (heads.ConvBertLayer.__call__, heads.weighted_l1_distance)
+    heads.ConvBertLayer.__call__, heads.weighted_l1_distance = convbert_call, pair_term
+    return replaced
+
+
 def _jits():
     import jax
     import optax
@@ -211,10 +224,7 @@ def run_one(path: str, args) -> dict:
     from ankh3.tokenizer import Tokenizer
 
     if path == "before":
-        from ankh3.downstream import heads
-
-        heads.ConvBertLayer.__call__ = before_convbert_call
-        heads.weighted_l1_distance = before_pair_term
+        swap_head_layers(*BEFORE_LAYERS)
         _before_step, _before_predict = _jits()
 
         def train_probes(kind, splits, score, select, cfg, *, seeds, on_step=None, **kw):

@@ -65,7 +65,7 @@ def _forward(z, v):
 def _backward(residuals, g):
     z, v = residuals
     s = g + jnp.swapaxes(g, 1, 2)
-    # One feature at a time: a vmap over p materialised the [p, B, L, L] selects before reducing them.
+    # One chunk at a time: a vmap over all p materialised the [p, B, L, L] selects before reducing them.
     r = jax.lax.map(lambda zp: jnp.stack([_signed_column_sums(zp[q], s) for q in range(CHUNK)]), _chunks(z))
     r = jnp.moveaxis(r.reshape((-1,) + r.shape[2:])[:z.shape[-1]], 0, -1)
     return (r * v).astype(z.dtype), jnp.sum(r * z, axis=(0, 1)).astype(v.dtype)
