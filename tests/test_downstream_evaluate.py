@@ -1,11 +1,13 @@
 """Downstream driver end to end on small slices of the bundled tasks, plus probe training rules."""
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
 
 from ankh3.downstream import embed, evaluate, probe
+from ankh3.downstream.heads import HeadConfig
 from ankh3.downstream.tasks import load_task
 from ankh3.model import T5, get_shape
 from ankh3.tokenizer import Tokenizer
@@ -143,3 +145,18 @@ def test_seeds_trained_together_match_seeds_trained_one_after_another():
         np.testing.assert_allclose(a.predictions["test"], b.predictions["test"], rtol=0.02, atol=1e-3)
     assert apart[0].metrics["test"]["r"] != apart[1].metrics["test"]["r"]  # seeds differ
     assert steps[-1] == (steps[-1][1], steps[-1][1]) and len(steps) == steps[-1][1]  # progress counts every step
+
+
+def test_heads_initialised_together_have_each_seeds_own_values():
+    params = probe.init_heads("regression", 16, HeadConfig(), [0, 3], label_mean=0.5)[1]
+    for row, seed in enumerate((0, 3)):
+        alone = nnx.split(probe.build_head("regression", 16, HeadConfig(), seed, label_mean=0.5), nnx.Param)[1]
+        # Compiled and eager initialisers may differ in the last float32 bits.
+        for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(alone), strict=True):
+            np.testing.assert_allclose(got[row], want, rtol=1e-5, atol=1e-7)
+    assert float(params["out"]["bias"][0, 0]) == 0.5  # the regression head's bias starts at the label mean
+
+
+def test_padded_lengths_are_multiples_of_the_bucket_unit():
+    assert [probe.padded_length(n, 64) for n in (1, 64, 65, 190, 257, 399, 513, 1100)] == \
+        [64, 64, 128, 192, 320, 448, 1024, 2048]

@@ -84,7 +84,7 @@ def test_unresolved_residues_are_invalid_pairs():
 def test_perfect_scores_on_a_real_chain():
     coords = load_task("contact", max_per_split=1).splits["test"][0].label
     target = contact_map(coords)
-    p = metrics.mean_contact_precisions([target.astype(np.float32)], [coords])
+    p = metrics.mean_contact_precisions([target.astype(np.float32)], [target])
     assert p["p_l5_long"] == 1.0
     assert set(p) == set(task_spec("contact", "contact").metrics)
 

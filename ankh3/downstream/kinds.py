@@ -95,7 +95,7 @@ class Kind:
     output: Callable
     strip: Callable
     crop: Callable | None
-    score: Callable[[object, list, list], dict]  # (spec, labels, predictions) -> {metric: value}
+    score: Callable[[object, list, list], dict]  # (spec, targets, predictions) -> {metric: value}
     plot: Callable                                # (spec, examples, predictions, stem, title) -> png path
 
     def primary_metric(self, states: int = 0) -> str:
@@ -154,7 +154,7 @@ RESIDUE = Kind(
     target=lambda label: np.asarray(label, np.int32), pad_targets=pad_residue_targets,
     output=lambda out: jnp.argmax(out, -1), strip=lambda pred, n: pred[:n],
     crop=lambda t, s, n: t[s:s + n],
-    score=lambda spec, labels, preds: {spec.primary_metric: metrics.accuracy(preds, labels)},
+    score=lambda spec, classes, preds: {spec.primary_metric: metrics.accuracy(preds, classes)},
     plot=_plot_confusion)
 
 CONTACT = Kind(
@@ -163,15 +163,15 @@ CONTACT = Kind(
     target=lambda label: metrics.contact_map(label), pad_targets=pad_contact_targets,
     output=jax.nn.sigmoid, strip=lambda pred, n: pred[:n, :n],
     crop=lambda t, s, n: t[s:s + n, s:s + n],
-    score=lambda spec, labels, preds: metrics.mean_contact_precisions(preds, labels),
+    score=lambda spec, maps, preds: metrics.mean_contact_precisions(preds, maps),
     plot=_plot_contacts)
 
 REGRESSION = Kind(
     "regression", True, lambda states: ("spearman", "pearson", "mse"),
     _regression_head, regression_loss, target=float, pad_targets=pad_regression_targets,
     output=lambda out: out, strip=lambda pred, n: float(pred), crop=None,
-    score=lambda spec, labels, preds: {"spearman": metrics.spearman(preds, labels),
-                                       "pearson": metrics.pearson(preds, labels), "mse": metrics.mse(preds, labels)},
+    score=lambda spec, values, preds: {"spearman": metrics.spearman(preds, values),
+                                       "pearson": metrics.pearson(preds, values), "mse": metrics.mse(preds, values)},
     plot=_plot_scatter)
 
 KINDS: dict[str, Kind] = {k.name: k for k in (RESIDUE, CONTACT, REGRESSION)}

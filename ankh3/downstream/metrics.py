@@ -1,6 +1,6 @@
 """Downstream metrics: Q3/Q8 accuracy, contact precision at L, L/2, L/5 by range, Spearman/Pearson/MSE.
 
-`score_split(spec, labels, predictions)` computes every metric a `TaskSpec` names for one split;
+`score_split(spec, targets, predictions)` computes every metric a `TaskSpec` names for one split;
 `flatten_metrics` turns {split: {metric: value}} into the flat `test/q3` names that are logged.
 """
 from __future__ import annotations
@@ -59,17 +59,24 @@ def contact_precision(scores, contacts, valid=None, min_sep: int = 24, max_sep: 
 
 def ranked_hits(scores, contacts, valid, min_sep: int, max_sep: int | None) -> np.ndarray:
     """Whether each candidate pair is a contact, candidates ordered by descending score."""
+    hits, separation = ranked_pairs(scores, contacts, valid, min_sep)
+    return hits if max_sep is None else hits[separation <= max_sep]
+
+
+def ranked_pairs(scores, contacts, valid, min_sep: int) -> tuple[np.ndarray, np.ndarray]:
+    """(is a contact, j - i) of the pairs i < j with j - i >= min_sep, ordered by descending score.
+    The sort is stable, so any subset of them (a range) keeps the order a sort of the subset alone gives."""
     scores = np.asarray(scores, np.float32)
     contacts = np.asarray(contacts, bool)
     i, j = np.triu_indices(scores.shape[0], k=max(min_sep, 1))
-    keep = np.ones(len(i), bool) if max_sep is None else (j - i) <= max_sep
     if valid is not None:
         valid = np.asarray(valid, bool)
-        keep &= valid[i, j] if valid.ndim == 2 else (valid[i] & valid[j])
-    i, j = i[keep], j[keep]
+        keep = valid[i, j] if valid.ndim == 2 else (valid[i] & valid[j])
+        i, j = i[keep], j[keep]
     # Stable sort on the negated score: ties resolve by position, so results are reproducible.
     order = np.argsort(-scores[i, j], kind="stable")
-    return contacts[i[order], j[order]]
+    i, j = i[order], j[order]
+    return contacts[i, j], j - i
 
 
 def precision_at(hits: np.ndarray, k: int) -> float:
@@ -79,22 +86,23 @@ def precision_at(hits: np.ndarray, k: int) -> float:
 
 
 def contact_precisions(scores, contacts, valid=None) -> dict[str, float]:
-    """P@L, P@L/2, P@L/5 for short, medium and long range, named `p_l5_long` etc."""
+    """P@L, P@L/2, P@L/5 for short, medium and long range, named `p_l5_long` etc.; one ranking of the
+    pairs of every range, filtered per range."""
     length = len(scores)
+    hits, separation = ranked_pairs(scores, contacts, valid, min(lo for lo, _ in CONTACT_RANGES.values()))
     out = {}
     for range_name, (lo, hi) in CONTACT_RANGES.items():
-        hits = ranked_hits(scores, contacts, valid, lo, hi)
+        in_range = hits[(separation >= lo) & (separation <= (hi if hi is not None else length))]
         for frac_name, fraction in CONTACT_FRACTIONS.items():
-            out[f"p_{frac_name}_{range_name}"] = precision_at(hits, length // fraction)
+            out[f"p_{frac_name}_{range_name}"] = precision_at(in_range, length // fraction)
     return out
 
 
-def mean_contact_precisions(score_maps, coords_list) -> dict[str, float]:
-    """Per-protein contact precisions from CB coordinates, averaged over proteins (NaNs skipped)."""
-    per_protein = []
-    for scores, coords in zip(score_maps, coords_list, strict=True):
-        target = contact_map(coords)
-        per_protein.append(contact_precisions(scores, target == 1, target >= 0))
+def mean_contact_precisions(score_maps, contact_maps) -> dict[str, float]:
+    """Per-protein contact precisions against int8 maps (`contact_map`: 1, 0, -1 unresolved), averaged
+    over proteins (NaNs skipped)."""
+    per_protein = [contact_precisions(scores, target == 1, target >= 0)
+                   for scores, target in zip(score_maps, contact_maps, strict=True)]
     if not per_protein:
         return {}
     return {key: nanmean([p[key] for p in per_protein]) for key in per_protein[0]}
@@ -136,15 +144,16 @@ def mse(pred, true) -> float:
     return float(np.mean((pred - true) ** 2))
 
 
-def score_split(spec, labels, predictions) -> dict[str, float]:
+def score_split(spec, targets, predictions) -> dict[str, float]:
     """All metrics of `spec` on one split.
 
-    `labels` are the examples' labels in order; `predictions` are, by kind: per-protein int class
-    arrays [L] (residue_classification), per-protein score maps [L, L] (contact), floats (regression).
+    `targets` are the examples' probe targets in order (`Kind.target` of each label: class arrays,
+    `contact_map`s, floats); `predictions` are, by kind: per-protein int class arrays [L]
+    (residue_classification), per-protein score maps [L, L] (contact), floats (regression).
     """
     from ankh3.downstream.kinds import get_kind  # kinds builds on these metrics
 
-    return get_kind(spec.kind).score(spec, labels, predictions)
+    return get_kind(spec.kind).score(spec, targets, predictions)
 
 
 def flatten_metrics(by_split: dict[str, dict[str, float]]) -> dict[str, float]:
