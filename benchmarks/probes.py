@@ -29,7 +29,8 @@ train step and predict step per padded length; embeddings are the library's, and
 that their ConvBERT layer computes as it did up to commit 16a5a6a (`before_convbert_call`: convolution
 windows stacked into [B, L, kernel, C], dropout masks from jax.random's 'rbg' keys), and the contact head's
 pair term is the einsum over [B, L, L, p] it was before ankh3/downstream/pair_distance.py
-(`before_pair_term`).
+(`before_pair_term`). Its contact head no longer symmetrises its logits (a transpose of [B, L, L] up to
+commit 1500ea1, dropped since as every term is symmetric), so `before` is a little faster than it was.
 """
 from __future__ import annotations
 

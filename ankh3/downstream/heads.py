@@ -180,8 +180,8 @@ class ContactPredictor(nnx.Module):
     logit_ij = w . (h_i * h_j) + v . |P h_i - P h_j| + b. The product term is the issue's
     (h_i * h_j) feature on the full width, computed as a bilinear form without materialising
     [B, L, L, D]. The signed h_i - h_j is replaced by |P h_i - P h_j| on a `pair_dim`
-    projection (0 disables it): a linear map of a signed difference is antisymmetric and
-    cancels exactly under symmetrisation. The pair term is computed without a [B, L, L, p] tensor
+    projection (0 disables it): a linear map of a signed difference is antisymmetric, so it could
+    not enter symmetric logits. The pair term is computed without a [B, L, L, p] tensor
     (pair_distance.py); p bounds its cost.
     """
 
@@ -195,8 +195,10 @@ class ContactPredictor(nnx.Module):
 
     def __call__(self, x, mask, key=None):
         h = self.body(x, mask, key)
+        # Every term is symmetric in (i, j), so the logits are, without a symmetrising pass (a transpose
+        # of [B, L, L] forward and backward); rounding in the product's matmul may differ by an ulp.
         logits = jnp.einsum("bid,bjd,d->bij", h, h, self.product_weight[...]) + self.bias[...]
         if self.project is not None:
             z = self.project(h)
             logits = logits + weighted_l1_distance(z, self.diff_weight[...])
-        return 0.5 * (logits + jnp.swapaxes(logits, 1, 2))
+        return logits
