@@ -35,9 +35,10 @@ def sequence_lengths(max_residues: int, vocab_size: int) -> tuple[int, int]:
 # minutes; the Ankh3 shapes are for accelerators (the 512-residue cut and batch as in the paper's setup).
 # Encoder and decoder lengths follow from max_residues (`sequence_lengths`): 512 -> 520 / 416 tokens.
 RUN_SIZES = {
-    # 5.1 min on a quiet 2-core CPU (1.8 min pretraining at ~13 steps/s, 3.3 min of probes: 200
-    # examples per split, 3 seeds). The held-out loss levels off from ~1,000 steps at this shape:
-    # 2,000 steps gave the same eval loss and probe scores (within a std), so they are not spent.
+    # 5.1 min on a quiet 2-core AMD EPYC (1.8 min pretraining at ~13 steps/s, 3.3 min of probes: 200
+    # examples per split, 3 seeds); a 2-core AMX Xeon steps at 3.3-3.6/s (experiments/base.py). The
+    # held-out loss levels off from ~1,000 steps at this shape: 2,000 steps gave the same eval loss and
+    # probe scores (within a std), so they are not spent.
     "tiny": dict(batch_size=16, max_residues=128, steps=1200, warmup_steps=50,
                  learning_rate=1e-2, eval_every=200, eval_batches=8, checkpoint_every=400, log_every=10,
                  compute_dtype="float32", remat="none", downstream_epochs=2, downstream_max_per_split=200,

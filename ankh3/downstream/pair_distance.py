@@ -54,7 +54,7 @@ def weighted_l1_distance(z: jax.Array, v: jax.Array) -> jax.Array:
                            for q in range(zp.shape[0]))
 
     # A loop, not a Python sum: XLA fused the unrolled sum into each of its consumers (the loss's
-    # selects, the symmetrisation), recomputing all p terms there; a loop's result is computed once.
+    # selects), recomputing all p terms there; a loop's result is computed once.
     return jax.lax.fori_loop(0, zc.shape[0], add_chunk, jnp.zeros(z.shape[:2] + z.shape[1:2], dtype))
 
 
