@@ -81,6 +81,21 @@ def test_unresolved_residues_are_invalid_pairs():
     assert p == p2  # a per-residue and a pairwise mask mean the same
 
 
+def test_tied_scores_rank_in_position_order():
+    # Every score equal: the ranking is row-major position order, so the top L/5 = 10 long-range pairs
+    # are (0, 24) .. (0, 33), and the hits among them are exactly the contacts planted there.
+    scores, contacts = np.zeros((50, 50), np.float32), np.zeros((50, 50), bool)
+    contacts[0, [24, 26, 33, 34]] = True  # (0, 34) is the 11th pair: outside the top 10
+    assert metrics.contact_precision(scores, contacts, min_sep=24, top_fraction=5) == pytest.approx(3 / 10)
+    assert metrics.contact_precisions(scores, contacts)["p_l5_long"] == pytest.approx(3 / 10)
+
+
+def test_top_order_is_a_stable_sort_cut_short():
+    keys = np.random.default_rng(0).integers(0, 20, 500).astype(np.float32)  # many ties
+    for top in (1, 7, 100, 499, 500, 600):
+        np.testing.assert_array_equal(metrics.top_order(keys, top), np.argsort(keys, kind="stable")[:top])
+
+
 def test_perfect_scores_on_a_real_chain():
     coords = load_task("contact", max_per_split=1).splits["test"][0].label
     target = contact_map(coords)

@@ -53,30 +53,36 @@ def contact_precision(scores, contacts, valid=None, min_sep: int = 24, max_sep: 
     neither ranked nor counted. When fewer candidate pairs exist than L/top_fraction, all are taken;
     NaN when there are none.
     """
-    hits = ranked_hits(scores, contacts, valid, min_sep, max_sep)
-    return precision_at(hits, len(scores) // top_fraction)
+    keys, hits, separation = candidate_pairs(scores, contacts, valid, min_sep)
+    if max_sep is not None:
+        keys, hits = keys[separation <= max_sep], hits[separation <= max_sep]
+    k = len(scores) // top_fraction
+    return precision_at(hits[top_order(keys, max(k, 1))], k)
 
 
-def ranked_hits(scores, contacts, valid, min_sep: int, max_sep: int | None) -> np.ndarray:
-    """Whether each candidate pair is a contact, candidates ordered by descending score."""
-    hits, separation = ranked_pairs(scores, contacts, valid, min_sep)
-    return hits if max_sep is None else hits[separation <= max_sep]
-
-
-def ranked_pairs(scores, contacts, valid, min_sep: int) -> tuple[np.ndarray, np.ndarray]:
-    """(is a contact, j - i) of the pairs i < j with j - i >= min_sep, ordered by descending score.
-    The sort is stable, so any subset of them (a range) keeps the order a sort of the subset alone gives."""
+def candidate_pairs(scores, contacts, valid, min_sep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ranking key: the negated score, is a contact, j - i) of the pairs i < j with j - i >= min_sep whose
+    residues are resolved, in row-major position order."""
     scores = np.asarray(scores, np.float32)
-    contacts = np.asarray(contacts, bool)
     i, j = np.triu_indices(scores.shape[0], k=max(min_sep, 1))
     if valid is not None:
         valid = np.asarray(valid, bool)
         keep = valid[i, j] if valid.ndim == 2 else (valid[i] & valid[j])
         i, j = i[keep], j[keep]
-    # Stable sort on the negated score: ties resolve by position, so results are reproducible.
-    order = np.argsort(-scores[i, j], kind="stable")
-    i, j = i[order], j[order]
-    return contacts[i, j], j - i
+    return -scores[i, j], np.asarray(contacts, bool)[i, j], j - i
+
+
+def top_order(keys: np.ndarray, top: int) -> np.ndarray:
+    """The first `top` indices of a stable ascending argsort of `keys` (ties in position order, so results
+    are reproducible), without sorting them all: a partition finds the top-th smallest key, and only the
+    keys up to it, ties included, are sorted."""
+    if top >= len(keys):
+        return np.argsort(keys, kind="stable")
+    kth = np.partition(keys, top - 1)[top - 1]
+    if np.isnan(kth):  # NaN scores (a diverged head) sort last, as in a full sort
+        return np.argsort(keys, kind="stable")[:top]
+    candidates = np.flatnonzero(keys <= kth)  # in position order
+    return candidates[np.argsort(keys[candidates], kind="stable")][:top]
 
 
 def precision_at(hits: np.ndarray, k: int) -> float:
@@ -86,15 +92,16 @@ def precision_at(hits: np.ndarray, k: int) -> float:
 
 
 def contact_precisions(scores, contacts, valid=None) -> dict[str, float]:
-    """P@L, P@L/2, P@L/5 for short, medium and long range, named `p_l5_long` etc.; one ranking of the
-    pairs of every range, filtered per range."""
+    """P@L, P@L/2, P@L/5 for short, medium and long range, named `p_l5_long` etc.: each range's pairs
+    ranked by score, of which only the top L (the most any fraction counts) are put in order."""
     length = len(scores)
-    hits, separation = ranked_pairs(scores, contacts, valid, min(lo for lo, _ in CONTACT_RANGES.values()))
+    keys, hits, separation = candidate_pairs(scores, contacts, valid, min(lo for lo, _ in CONTACT_RANGES.values()))
     out = {}
     for range_name, (lo, hi) in CONTACT_RANGES.items():
-        in_range = hits[(separation >= lo) & (separation <= (hi if hi is not None else length))]
+        in_range = (separation >= lo) & (separation <= (hi if hi is not None else length))
+        ranked = hits[in_range][top_order(keys[in_range], max(length, 1))]
         for frac_name, fraction in CONTACT_FRACTIONS.items():
-            out[f"p_{frac_name}_{range_name}"] = precision_at(in_range, length // fraction)
+            out[f"p_{frac_name}_{range_name}"] = precision_at(ranked, length // fraction)
     return out
 
 
