@@ -13,7 +13,8 @@ is autodiff's of the einsum form except at tied features (z_ip = z_jp, i != j, i
 the loss masks), where jnp.abs's autodiff picks +1 for both orderings and so an asymmetric subgradient.
 
 The contact head's training step (batch 16, length 256, width 128, p 32) went from ~540 ms to ~315 ms on
-a 2-core CPU; the residue head's is ~140 ms at that shape (benchmarks/RESULTS.md, 2026-12-03).
+a 2-core CPU, and with the backward's sums as one variadic reduction per chunk from 165 to 131 ms on
+another (1.32x at length 512; benchmarks/RESULTS.md, 2026-12-03).
 """
 from __future__ import annotations
 
@@ -34,12 +35,19 @@ def _chunks(a: jax.Array) -> jax.Array:
     return jnp.moveaxis(a, -1, 0).reshape((-1, CHUNK) + a.shape[:-1])
 
 
-def _signed_column_sums(zp: jax.Array, s: jax.Array) -> jax.Array:
-    """R[b, k] = sum_j s[b, j, k] sign(z[b, k] - z[b, j]) for one feature zp [B, L]; s symmetric, so summing
-    over its major axis (which XLA:CPU vectorises along k) equals the row sum. A select, not a multiply
-    by sign, so that XLA does not rewrite it as a dot over a materialised sign tensor."""
-    d = zp[:, None, :] - zp[:, :, None]
-    return jnp.sum(jnp.where(d > 0, s, jnp.where(d < 0, -s, jnp.zeros((), s.dtype))), axis=1)
+def _signed_row_sums(zc: jax.Array, s: jax.Array) -> jax.Array:
+    """R[q, b, k] = sum_j s[b, k, j] sign(z[q, b, k] - z[q, b, j]) for a chunk of features zc [CHUNK, B, L],
+    as one variadic reduction (a tuple of CHUNK sums in one pass over s). As CHUNK plain sums, XLA:CPU
+    handed each to YNNPACK's reduce, which takes no producer, so every select was written out as a
+    [B, L, L] array first: 64 -> 28 ms at batch 16, length 256, p 32, and 235 -> 113 ms at length 512.
+    A select, not a multiply by sign, so that XLA does not rewrite it as a dot over a sign tensor."""
+    zero = jnp.zeros((), s.dtype)
+    terms = []
+    for zp in zc:
+        d = zp[:, :, None] - zp[:, None, :]
+        terms.append(jnp.where(d > 0, s, jnp.where(d < 0, -s, zero)))
+    sums = jax.lax.reduce(tuple(terms), (zero,) * len(terms), lambda a, b: tuple(x + y for x, y in zip(a, b)), (2,))
+    return jnp.stack(sums)
 
 
 @jax.custom_vjp
@@ -66,7 +74,7 @@ def _backward(residuals, g):
     z, v = residuals
     s = g + jnp.swapaxes(g, 1, 2)
     # One chunk at a time: a vmap over all p materialised the [p, B, L, L] selects before reducing them.
-    r = jax.lax.map(lambda zp: jnp.stack([_signed_column_sums(zp[q], s) for q in range(CHUNK)]), _chunks(z))
+    r = jax.lax.map(lambda zc: _signed_row_sums(zc, s), _chunks(z))
     r = jnp.moveaxis(r.reshape((-1,) + r.shape[2:])[:z.shape[-1]], 0, -1)
     return (r * v).astype(z.dtype), jnp.sum(r * z, axis=(0, 1)).astype(v.dtype)
 
