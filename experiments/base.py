@@ -15,7 +15,7 @@ Measured cost of the tiny default (quiet 2-core AMD EPYC; before the 128-residue
 ssp3/contact/gb1 on 200 examples per split, 3 seeds, for the model, one-hot and random-encoder controls
 (3.3 min): 5.1 min in all; up to ~1.5x that on a machine shared with other jobs. The CPU matters: a 2-core
 AMX Xeon runs the float32 step at 3.3-3.6 steps/s (XLA's float32 GEMMs are slower there), so pretraining
-alone takes ~6 min on it. `--config.downstream.max_per_split=0` probes the full bundled splits: 20 min in
+alone takes ~6 min on it. `--config.downstream.max_per_split=0` probes the full bundled splits: 18 min in
 all on that Xeon (benchmarks/RESULTS.md, 2026-12-03). At this budget the model does not clearly beat the random encoder
 (ssp3 valid Q3 0.556 ± 0.005 against 0.554 ± 0.002; one-hot 0.489).
 """
