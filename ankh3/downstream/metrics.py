@@ -53,11 +53,9 @@ def contact_precision(scores, contacts, valid=None, min_sep: int = 24, max_sep: 
     neither ranked nor counted. When fewer candidate pairs exist than L/top_fraction, all are taken;
     NaN when there are none.
     """
-    keys, hits, separation = candidate_pairs(scores, contacts, valid, min_sep)
-    if max_sep is not None:
-        keys, hits = keys[separation <= max_sep], hits[separation <= max_sep]
     k = len(scores) // top_fraction
-    return precision_at(hits[top_order(keys, max(k, 1))], k)
+    pairs = candidate_pairs(scores, contacts, valid, min_sep)
+    return precision_at(ranked_hits(*pairs, min_sep, max_sep, max(k, 1)), k)
 
 
 def candidate_pairs(scores, contacts, valid, min_sep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -70,6 +68,15 @@ def candidate_pairs(scores, contacts, valid, min_sep: int) -> tuple[np.ndarray, 
         keep = valid[i, j] if valid.ndim == 2 else (valid[i] & valid[j])
         i, j = i[keep], j[keep]
     return -scores[i, j], np.asarray(contacts, bool)[i, j], j - i
+
+
+def ranked_hits(keys, hits, separation, min_sep: int, max_sep: int | None, top: int) -> np.ndarray:
+    """Whether each of the `top` best-scored candidate pairs with min_sep <= j - i <= max_sep is a contact,
+    best first (`candidate_pairs` gives the first three arguments)."""
+    in_range = separation >= min_sep
+    if max_sep is not None:
+        in_range &= separation <= max_sep
+    return hits[in_range][top_order(keys[in_range], top)]
 
 
 def top_order(keys: np.ndarray, top: int) -> np.ndarray:
@@ -95,11 +102,10 @@ def contact_precisions(scores, contacts, valid=None) -> dict[str, float]:
     """P@L, P@L/2, P@L/5 for short, medium and long range, named `p_l5_long` etc.: each range's pairs
     ranked by score, of which only the top L (the most any fraction counts) are put in order."""
     length = len(scores)
-    keys, hits, separation = candidate_pairs(scores, contacts, valid, min(lo for lo, _ in CONTACT_RANGES.values()))
+    pairs = candidate_pairs(scores, contacts, valid, min(lo for lo, _ in CONTACT_RANGES.values()))
     out = {}
     for range_name, (lo, hi) in CONTACT_RANGES.items():
-        in_range = (separation >= lo) & (separation <= (hi if hi is not None else length))
-        ranked = hits[in_range][top_order(keys[in_range], max(length, 1))]
+        ranked = ranked_hits(*pairs, lo, hi, max(length, 1))
         for frac_name, fraction in CONTACT_FRACTIONS.items():
             out[f"p_{frac_name}_{range_name}"] = precision_at(ranked, length // fraction)
     return out
