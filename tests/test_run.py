@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from ankh3 import compile_cache
 from ankh3.data.fasta import read_fasta
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,7 +109,9 @@ def test_run_trains_and_logs_params_metrics_and_child_runs(setup, full_run):
 def test_a_run_leaves_its_compiled_programs_in_the_compile_cache(setup, full_run):
     """The next run of this shape loads the training step and probe heads instead of compiling them."""
     root, _, _ = setup
-    entries = os.listdir(root / "jax_cache")
+    (folder,) = os.listdir(root / "jax_cache")  # one folder per host CPU type
+    assert folder == compile_cache.host_cpu_tag()
+    entries = os.listdir(root / "jax_cache" / folder)
     assert len(entries) >= 3, entries  # at least the training step, the evaluation and a probe head
 
 
