@@ -33,10 +33,12 @@ def host_cpu_tag(cpuinfo: str | None = None) -> str:
         except OSError:  # not Linux: the processor string is all the standard library offers
             cpuinfo = platform.processor()
     first = cpuinfo.split("\n\n")[0]  # every core of a host is the same type
-    fields = sorted(line.split(":", 1)[0].strip().lower() + ":" + line.split(":", 1)[1].strip()
-                    for line in first.splitlines()
-                    if ":" in line and line.split(":", 1)[0].strip().lower() in _CPU_FIELDS)
-    digest = hashlib.sha256("\n".join(fields or [first]).encode()).hexdigest()[:12]
+    fields = []
+    for line in first.splitlines():
+        name, colon, value = line.partition(":")
+        if colon and name.strip().lower() in _CPU_FIELDS:
+            fields.append(f"{name.strip().lower()}:{value.strip()}")
+    digest = hashlib.sha256("\n".join(sorted(fields) or [first]).encode()).hexdigest()[:12]
     return f"{platform.machine() or 'cpu'}-{digest}"
 
 
